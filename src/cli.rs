@@ -1,0 +1,202 @@
+//! The command line: `sessionql query`, `sessionql shell`, `sessionql generate`.
+//! Every command builds its session through [`crate::Engine`].
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Args, Parser, Subcommand};
+
+use crate::engine::Engine;
+use crate::error::{Result, SessionqlError};
+use crate::events_table::LoadReport;
+use crate::generate::{GenerateOptions, generate};
+use crate::output::{OutputFormat, write_results};
+
+/// Skipped lines printed in full before the rest are only counted.
+const SKIPPED_LINES_SHOWN: usize = 20;
+
+/// sessionql: session analytics in plain SQL.
+#[derive(Debug, Parser)]
+#[command(name = "sessionql", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run SQL (several statements separated by `;` run in order; the last
+    /// result is printed).
+    Query {
+        /// The SQL text.
+        sql: String,
+        /// Events and session settings.
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// An interactive SQL prompt with history.
+    Shell {
+        /// Events and session settings.
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Generate realistic events (deterministic for a seed) as Parquet.
+    Generate {
+        /// Number of events.
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// First day (UTC), YYYY-MM-DD.
+        #[arg(long, default_value = "2024-01-01")]
+        start: NaiveDate,
+        /// Days covered.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        /// Most events per file.
+        #[arg(long, default_value_t = 1_000_000)]
+        events_per_file: usize,
+    },
+}
+
+/// Options shared by the commands that query events.
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Events file or directory (Parquet, NDJSON or CSV); default: the shipped sample.
+    #[arg(long, value_name = "PATH")]
+    pub events: Option<PathBuf>,
+    /// Idle gap in seconds that ends a derived session.
+    #[arg(long, value_name = "SECONDS")]
+    pub idle_timeout: Option<u64>,
+    /// Longest span in seconds of a derived session.
+    #[arg(long, value_name = "SECONDS")]
+    pub max_session_duration: Option<u64>,
+    /// Sessions at least this many seconds long are never bounces.
+    #[arg(long, value_name = "SECONDS")]
+    pub bounce_duration: Option<u64>,
+}
+
+impl EngineArgs {
+    /// Builds the engine these options describe, reporting skipped lines on stderr.
+    pub async fn build(&self) -> Result<Engine> {
+        let mut builder = Engine::builder();
+        if let Some(path) = &self.events {
+            builder = builder.events(path);
+        }
+        if let Some(seconds) = self.idle_timeout {
+            builder = builder.idle_timeout_seconds(seconds);
+        }
+        if let Some(seconds) = self.max_session_duration {
+            builder = builder.max_session_duration_seconds(seconds);
+        }
+        if let Some(seconds) = self.bounce_duration {
+            builder = builder.bounce_duration_seconds(seconds);
+        }
+        let engine = builder.build().await?;
+        report_skipped_lines(engine.load_report());
+        Ok(engine)
+    }
+}
+
+fn report_skipped_lines(report: &LoadReport) {
+    let skipped = &report.skipped_lines;
+    for line in skipped.iter().take(SKIPPED_LINES_SHOWN) {
+        eprintln!("warning: {line}");
+    }
+    if skipped.len() > SKIPPED_LINES_SHOWN {
+        eprintln!(
+            "warning: … and {} more lines skipped",
+            skipped.len() - SKIPPED_LINES_SHOWN
+        );
+    }
+    if !skipped.is_empty() {
+        eprintln!(
+            "warning: loaded {} events, skipped {} malformed lines",
+            report.loaded_events,
+            skipped.len()
+        );
+    }
+}
+
+/// Runs a parsed command line; errors become one line on stderr and exit code 1.
+pub async fn run(cli: Cli) -> ExitCode {
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn execute(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Query {
+            sql,
+            engine,
+            format,
+        } => {
+            let engine = engine.build().await?;
+            let (schema, batches) = engine.run_statements(&sql).await?;
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            write_results(&mut out, format, &schema, &batches)
+                .map_err(|error| SessionqlError::Query(error.into()))?;
+            out.flush().map_err(|source| SessionqlError::Write {
+                path: PathBuf::from("<stdout>"),
+                source,
+            })?;
+            Ok(())
+        }
+        Command::Shell { engine, format } => {
+            let engine = engine.build().await?;
+            crate::shell::run_shell(&engine, format).await
+        }
+        Command::Generate {
+            events,
+            out,
+            seed,
+            start,
+            days,
+            events_per_file,
+        } => {
+            let options = GenerateOptions {
+                events,
+                out,
+                seed,
+                start,
+                days,
+                events_per_file,
+            };
+            let summary = tokio::task::spawn_blocking(move || generate(&options))
+                .await
+                .map_err(|error| {
+                    SessionqlError::Invalid(format!("generator stopped: {error}"))
+                })??;
+            eprintln!(
+                "wrote {} events in {} sessions to {} file(s)",
+                summary.events,
+                summary.sessions,
+                summary.files.len()
+            );
+            for file in summary.files {
+                println!("{}", file.display());
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The one constructor of a configured sessionql session: the `events` table,
+//! the `session_events` and `sessions` views, every sessionql function, the JSON
+//! functions, and the `sessionql.*` settings. The CLI and every server build
+//! their sessions here and nowhere else.
+
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::TableProvider;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::DFParser;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use sessionql_udfs::SessionqlConfig;
+
+use crate::error::{Result, SessionqlError};
+use crate::events_table::{LoadReport, adapt_to_events_schema, events_table};
+use crate::session_views::register_session_views;
+
+/// The sample data shipped in the repository, used when no events path is given.
+pub fn sample_events_path() -> PathBuf {
+    let relative = Path::new("data/sample");
+    if relative.is_dir() {
+        relative.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample")
+    }
+}
+
+/// A configured DataFusion session with sessionql's tables and functions.
+/// Derefs to [`SessionContext`], so everything DataFusion offers works on it.
+///
+/// ```no_run
+/// # async fn example() -> Result<(), sessionql::SessionqlError> {
+/// let engine = sessionql::Engine::builder()
+///     .events("data/sample")
+///     .idle_timeout_seconds(600)
+///     .build()
+///     .await?;
+/// let batches = engine
+///     .sql("SELECT channel_type, count(*) FROM sessions GROUP BY 1")
+///     .await?
+///     .collect()
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Engine {
+    context: SessionContext,
+    load_report: LoadReport,
+}
+
+/// Options of an [`Engine`]; see [`Engine::builder`].
+#[derive(Debug, Clone)]
+pub struct EngineBuilder {
+    events: Option<PathBuf>,
+    settings: SessionqlConfig,
+    target_partitions: Option<usize>,
+}
+
+impl Engine {
+    /// Starts building an engine over the sample data with default settings.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            events: None,
+            settings: SessionqlConfig::default(),
+            target_partitions: None,
+        }
+    }
+
+    /// The DataFusion session.
+    pub fn context(&self) -> &SessionContext {
+        &self.context
+    }
+
+    /// What loading the events found (files, skipped lines).
+    pub fn load_report(&self) -> &LoadReport {
+        &self.load_report
+    }
+
+    /// Runs one or more `;`-separated statements in order in this session
+    /// (so `SET …; SELECT …` works) and returns the last one's result.
+    pub async fn run_statements(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        run_statements(&self.context, sql).await
+    }
+}
+
+/// Runs `;`-separated statements in order on `context`, returning the schema and
+/// rows of the last; an empty text is an error naming the problem.
+pub async fn run_statements(
+    context: &SessionContext,
+    sql: &str,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
+        .map_err(|error| SessionqlError::Query(error.into()))?;
+    if statements.is_empty() {
+        return Err(SessionqlError::Invalid("no SQL statement given".into()));
+    }
+    let mut last = None;
+    for statement in statements {
+        let plan = context.state().statement_to_plan(statement).await?;
+        let frame = context.execute_logical_plan(plan).await?;
+        let schema = frame.schema().inner().clone();
+        let batches = frame.collect().await?;
+        last = Some((schema, batches));
+    }
+    last.ok_or_else(|| SessionqlError::Invalid("no SQL statement given".into()))
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Engine")
+            .field("session_id", &self.context.session_id())
+            .field("load_report", &self.load_report)
+            .finish()
+    }
+}
+
+impl Deref for Engine {
+    type Target = SessionContext;
+
+    fn deref(&self) -> &SessionContext {
+        &self.context
+    }
+}
+
+impl EngineBuilder {
+    /// Reads events from this file or directory (Parquet, NDJSON or CSV).
+    pub fn events(mut self, path: impl Into<PathBuf>) -> Self {
+        self.events = Some(path.into());
+        self
+    }
+
+    /// Idle gap that ends a derived session (default 1800 s).
+    pub fn idle_timeout_seconds(mut self, seconds: u64) -> Self {
+        self.settings.session_idle_timeout_seconds = seconds;
+        self
+    }
+
+    /// Longest span of a derived session (default 86400 s).
+    pub fn max_session_duration_seconds(mut self, seconds: u64) -> Self {
+        self.settings.session_max_duration_seconds = seconds;
+        self
+    }
+
+    /// Sessions at least this long are never bounces (default 10 s).
+    pub fn bounce_duration_seconds(mut self, seconds: u64) -> Self {
+        self.settings.bounce_duration_seconds = seconds;
+        self
+    }
+
+    /// Partitions DataFusion splits work into (default: the number of cores).
+    pub fn target_partitions(mut self, partitions: usize) -> Self {
+        self.target_partitions = Some(partitions);
+        self
+    }
+
+    /// Builds the session: registers functions, loads or lists the events and
+    /// creates the session views.
+    pub async fn build(self) -> Result<Engine> {
+        let context = session_context(&self.settings, self.target_partitions)?;
+        let events_path = self.events.unwrap_or_else(sample_events_path);
+        let partitions = context.state().config().target_partitions();
+        let (events, load_report) = events_table(&events_path, partitions)?;
+        context.register_table("events", events)?;
+        register_session_views(&context).await?;
+        Ok(Engine {
+            context,
+            load_report,
+        })
+    }
+}
+
+/// Makes `table` the `events` table of `context` (adapted to the events schema:
+/// missing optional columns read as NULL) and (re)creates `session_events` and
+/// `sessions` over it. For programs that hold events in a table of their own.
+pub async fn use_events_table(
+    context: &SessionContext,
+    table: Arc<dyn TableProvider>,
+) -> Result<()> {
+    let events = adapt_to_events_schema("events", table)?;
+    context.deregister_table("events")?;
+    context.register_table("events", events)?;
+    register_session_views(context).await
+}
+
+/// A session with sessionql's functions and settings but no tables: for
+/// embedding the functions over one's own tables.
+pub fn session_context(
+    settings: &SessionqlConfig,
+    target_partitions: Option<usize>,
+) -> Result<SessionContext> {
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_option_extension(settings.clone());
+    if let Some(partitions) = target_partitions {
+        config = config.with_target_partitions(partitions);
+    }
+    let mut state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_default_features()
+        .build();
+    sessionql_udfs::register_all(&mut state)?;
+    datafusion_functions_json::register_all(&mut state)?;
+    Ok(SessionContext::new_with_state(state))
+}

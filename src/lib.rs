@@ -1,0 +1,21 @@
+//! sessionql: session analytics in plain SQL on Apache DataFusion.
+//!
+//! The engine is a library first: [`Engine::builder`] returns a configured
+//! DataFusion session with an `events` table, the virtual `sessions` and
+//! `session_events` relations, and every sessionql function. The CLI (and any
+//! server) is a thin door over it.
+
+pub mod cli;
+pub mod engine;
+pub mod error;
+pub mod event_rows;
+pub mod events_schema;
+pub mod events_table;
+pub mod generate;
+pub mod output;
+pub mod session_views;
+pub mod shell;
+
+pub use engine::{Engine, EngineBuilder, run_statements, session_context, use_events_table};
+pub use error::{Result, SessionqlError};
+pub use sessionql_udfs::SessionqlConfig;

@@ -1,0 +1,17 @@
+//! The `sessionql` binary: parses arguments and hands over to [`sessionql::cli`].
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    sessionql::cli::run(sessionql::cli::Cli::parse()).await
+}

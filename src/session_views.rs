@@ -1,0 +1,128 @@
+//! The `session_events` and `sessions` relations, as views over `events`.
+//!
+//! They are plain SQL over sessionql's functions, so DataFusion optimises them
+//! with the query around them: `SELECT count(*) FROM sessions` drops every
+//! aggregate it does not need, and settings changed with `SET sessionql.…` are
+//! read when the next query is planned (see `session_start`'s `simplify`).
+
+use datafusion::prelude::SessionContext;
+
+use crate::error::Result;
+
+/// Condition for events whose SDK gave a session id: a non-empty string
+/// other than `'null'` (spec §1). Such sessions are never re-split.
+const HAS_GIVEN_SESSION_ID: &str = "blank_to_null(session_id) IS NOT NULL";
+
+/// Columns of `events` after `session_id`, shared by both halves of the union.
+const EVENT_COLUMNS_AFTER_SESSION_ID: &str = "current_url, pathname, host, referrer, referring_domain, \
+     utm_source, utm_medium, utm_campaign, utm_term, utm_content, gclid, gad_source, fbclid, \
+     external_click_url, properties";
+
+/// Every event with its resolved `session_id`: the given id, or the id of the
+/// derived session (spec §1) for events without one.
+fn session_events_sql() -> String {
+    format!(
+        "SELECT uuid, event, distinct_id, timestamp, session_id, {rest}
+         FROM events WHERE {HAS_GIVEN_SESSION_ID}
+         UNION ALL
+         SELECT uuid, event, distinct_id, timestamp,
+                session_uuid(distinct_id,
+                    session_start(timestamp) OVER (PARTITION BY distinct_id ORDER BY timestamp)
+                ) AS session_id,
+                {rest}
+         FROM events WHERE NOT ({HAS_GIVEN_SESSION_ID})",
+        rest = EVENT_COLUMNS_AFTER_SESSION_ID
+    )
+}
+
+/// One row per session with every property of spec §2.
+const SESSIONS_SQL: &str = "
+SELECT
+    session_id,
+    distinct_id,
+    start_timestamp,
+    end_timestamp,
+    session_duration(start_timestamp, end_timestamp) AS session_duration,
+    entry_current_url,
+    url_pathname(entry_current_url) AS entry_pathname,
+    url_hostname(entry_current_url) AS entry_hostname,
+    exit_current_url,
+    url_pathname(exit_current_url) AS exit_pathname,
+    url_hostname(exit_current_url) AS exit_hostname,
+    entry_utm_source,
+    entry_utm_medium,
+    entry_utm_campaign,
+    entry_utm_term,
+    entry_utm_content,
+    entry_referring_domain,
+    entry_gclid,
+    entry_gad_source,
+    entry_fbclid,
+    pageview_count,
+    autocapture_count,
+    screen_count,
+    event_count,
+    urls,
+    num_uniq_urls,
+    last_external_click_url,
+    has_autocapture,
+    channel_type,
+    session_is_bounce(
+        pageview_count + screen_count,
+        autocapture_count,
+        session_duration(start_timestamp, end_timestamp)
+    ) AS is_bounce
+FROM (
+    SELECT
+        session_id,
+        exit_value(distinct_id, false, timestamp, uuid) AS distinct_id,
+        min(timestamp) AS start_timestamp,
+        max(timestamp) AS end_timestamp,
+        entry_value(current_url, is_page, timestamp, uuid) AS entry_current_url,
+        exit_value(current_url, is_page, timestamp, uuid) AS exit_current_url,
+        entry_value(blank_to_null(utm_source), is_page, timestamp, uuid) AS entry_utm_source,
+        entry_value(blank_to_null(utm_medium), is_page, timestamp, uuid) AS entry_utm_medium,
+        entry_value(blank_to_null(utm_campaign), is_page, timestamp, uuid) AS entry_utm_campaign,
+        entry_value(blank_to_null(utm_term), is_page, timestamp, uuid) AS entry_utm_term,
+        entry_value(blank_to_null(utm_content), is_page, timestamp, uuid) AS entry_utm_content,
+        entry_value(referring_domain, is_page, timestamp, uuid) AS entry_referring_domain,
+        entry_value(blank_to_null(gclid), is_page, timestamp, uuid) AS entry_gclid,
+        entry_value(blank_to_null(gad_source), is_page, timestamp, uuid) AS entry_gad_source,
+        entry_value(blank_to_null(fbclid), is_page, timestamp, uuid) AS entry_fbclid,
+        count(DISTINCT uuid) FILTER (WHERE event = '$pageview') AS pageview_count,
+        count(DISTINCT uuid) FILTER (WHERE event = '$autocapture') AS autocapture_count,
+        count(DISTINCT uuid) FILTER (WHERE event = '$screen') AS screen_count,
+        count(DISTINCT uuid) AS event_count,
+        coalesce(
+            array_sort(array_agg(DISTINCT current_url) FILTER (WHERE is_page AND current_url IS NOT NULL)),
+            arrow_cast(make_array(), 'List(Utf8)')
+        ) AS urls,
+        count(DISTINCT current_url) FILTER (WHERE is_page) AS num_uniq_urls,
+        exit_value(external_click_url, false, timestamp, uuid) AS last_external_click_url,
+        bool_or(event = '$autocapture') AS has_autocapture,
+        entry_value(
+            channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source),
+            is_page, timestamp, uuid
+        ) AS channel_type
+    FROM (
+        SELECT *, event IN ('$pageview', '$screen') AS is_page FROM session_events
+    )
+    GROUP BY session_id
+)";
+
+/// Registers (or replaces) `session_events` and `sessions` over the current
+/// `events` table, which must exist already.
+pub async fn register_session_views(context: &SessionContext) -> Result<()> {
+    context
+        .sql(&format!(
+            "CREATE OR REPLACE VIEW session_events AS {}",
+            session_events_sql()
+        ))
+        .await?;
+    context
+        .sql(&format!(
+            "CREATE OR REPLACE VIEW sessions AS {SESSIONS_SQL}"
+        ))
+        .await?;
+    Ok(())
+}

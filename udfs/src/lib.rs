@@ -1,0 +1,96 @@
+//! Sessionization and session-property functions for DataFusion.
+//!
+//! This crate holds every function sessionql adds to SQL, and nothing else: no
+//! I/O, no tables, no process-global state. The local engine, and later the
+//! scheduler and executors of a cluster, all call [`register_all`], so a plan
+//! that names one of these functions runs the same wherever it lands.
+//!
+//! | function | kind | spec |
+//! |---|---|---|
+//! | `session_start` | window | §1 derived sessions |
+//! | `session_uuid` | scalar | §1 derived session id |
+//! | `entry_value`, `exit_value` | aggregate | §2 prio-first / prio-last |
+//! | `session_duration` | scalar | §2 duration |
+//! | `url_pathname`, `url_hostname` | scalar | §2 URL parts |
+//! | `blank_to_null` | scalar | §2 empty and `'null'` strings |
+//! | `session_is_bounce` | scalar | §3 bounce |
+//! | `channel_type` | scalar | §4 channel type |
+//! | `session_length_bucket`, `session_length_bucket_order` | scalar | §5 buckets |
+//!
+//! Settings (`SET sessionql.session_idle_timeout_seconds = 600`) are read from
+//! the running session through [`config::SessionqlConfig`].
+
+pub mod args;
+pub mod blank_to_null;
+pub mod channel_lookup;
+pub mod channel_type;
+pub mod config;
+pub mod entry_exit_value;
+pub mod session_duration;
+pub mod session_is_bounce;
+pub mod session_length_bucket;
+pub mod session_start;
+pub mod session_uuid;
+pub mod stable_hash;
+pub mod string_map;
+pub mod url_parts;
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, TimeUnit};
+use datafusion::common::Result;
+use datafusion::execution::FunctionRegistry;
+use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
+
+pub use config::SessionqlConfig;
+
+/// Microseconds in a second: `events.timestamp` is in microseconds.
+pub const MICROS_PER_SECOND: i64 = 1_000_000;
+
+/// The type of `events.timestamp`: microseconds since the epoch, UTC.
+pub fn timestamp_us_utc() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Every scalar function of this crate.
+pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
+    vec![
+        session_uuid::session_uuid_udf(),
+        session_duration::session_duration_udf(),
+        url_parts::url_pathname_udf(),
+        url_parts::url_hostname_udf(),
+        blank_to_null::blank_to_null_udf(),
+        session_is_bounce::session_is_bounce_udf(),
+        channel_type::channel_type_udf(),
+        session_length_bucket::session_length_bucket_udf(),
+        session_length_bucket::session_length_bucket_order_udf(),
+    ]
+}
+
+/// Every aggregate function of this crate.
+pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
+    vec![
+        entry_exit_value::entry_value_udaf(),
+        entry_exit_value::exit_value_udaf(),
+    ]
+}
+
+/// Every window function of this crate.
+pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
+    vec![session_start::session_start_udwf()]
+}
+
+/// Registers every function of this crate; the one entry point for engines,
+/// schedulers and executors.
+pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
+    for udf in scalar_udfs() {
+        registry.register_udf(udf)?;
+    }
+    for udaf in aggregate_udfs() {
+        registry.register_udaf(udaf)?;
+    }
+    for udwf in window_udfs() {
+        registry.register_udwf(udwf)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! `session_start(timestamp [, idle_timeout_seconds [, max_duration_seconds]])`:
+//! the window function that sessionizes events (spec §1, derived sessions).
+//!
+//! Called as `session_start(timestamp) OVER (PARTITION BY distinct_id ORDER BY
+//! timestamp)`, it returns for each event the timestamp of the first event of its
+//! session. A new session starts when the gap since the previous event is more
+//! than the idle timeout, or the event is more than the maximum length after the
+//! session's first event. Together with `session_uuid` it names the session.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, TimestampMicrosecondArray};
+use datafusion::arrow::buffer::ScalarBuffer;
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::cast::as_timestamp_microsecond_array;
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::expr::WindowFunction;
+use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
+use datafusion::logical_expr::simplify::SimplifyContext;
+use datafusion::logical_expr::{
+    Documentation, Expr, PartitionEvaluator, Signature, Volatility, WindowUDF, WindowUDFImpl, lit,
+};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::Literal;
+
+use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_int64, coerce_to_timestamp_us};
+use crate::config::{DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_DURATION_SECONDS, SessionqlConfig};
+use crate::{MICROS_PER_SECOND, timestamp_us_utc};
+
+const NAME: &str = "session_start";
+
+/// The `session_start` window function.
+pub fn session_start_udwf() -> Arc<WindowUDF> {
+    Arc::new(WindowUDF::from(SessionStart::new()))
+}
+
+/// Implementation of `session_start`; see the module documentation.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct SessionStart {
+    signature: Signature,
+}
+
+impl SessionStart {
+    fn new() -> Self {
+        Self {
+            signature: Signature::user_defined(Volatility::Immutable),
+        }
+    }
+}
+
+impl Default for SessionStart {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        SESSIONQL_DOC_SECTION,
+        "Sessionizes ordered events: returns the timestamp of the first event of the \
+         session each event belongs to. A new session starts when the gap since the \
+         previous event is more than the idle timeout, or the event is more than the \
+         maximum session length after the session's first event. Without the optional \
+         arguments the session's settings `sessionql.session_idle_timeout_seconds` \
+         (default 1800) and `sessionql.session_max_duration_seconds` (default 86400) apply.",
+        "session_start(timestamp [, idle_timeout_seconds [, max_duration_seconds]]) \
+         OVER (PARTITION BY distinct_id ORDER BY timestamp)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT distinct_id, timestamp,\n    session_start(timestamp) OVER (PARTITION BY distinct_id ORDER BY timestamp) AS started\n  FROM events;\n```",
+    )
+    .with_argument("timestamp", "Event time; the window must be ordered by it, ascending.")
+    .with_argument(
+        "idle_timeout_seconds",
+        "Optional constant: longest gap, in seconds, inside one session.",
+    )
+    .with_argument(
+        "max_duration_seconds",
+        "Optional constant: longest span, in seconds, from a session's first event.",
+    )
+    .with_related_udf("session_uuid")
+    .build()
+});
+
+impl WindowUDFImpl for SessionStart {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        if arg_types.is_empty() || arg_types.len() > 3 {
+            return plan_err!(
+                "{NAME} takes 1 to 3 arguments (timestamp, idle_timeout_seconds, max_duration_seconds), got {}",
+                arg_types.len()
+            );
+        }
+        arg_types
+            .iter()
+            .enumerate()
+            .map(|(position, data_type)| match position {
+                0 => coerce_to_timestamp_us(NAME, position, data_type),
+                _ => coerce_to_int64(NAME, position, data_type),
+            })
+            .collect()
+    }
+
+    /// Fills in the timeouts the query left out from the session's settings, so
+    /// `SET sessionql.session_idle_timeout_seconds = …` changes the next query.
+    fn simplify(&self) -> Option<datafusion::logical_expr::function::WindowFunctionSimplification> {
+        Some(Box::new(
+            |mut window_function: WindowFunction, context: &SimplifyContext| {
+                let args = &mut window_function.params.args;
+                if args.len() < 3 {
+                    let config = SessionqlConfig::from_options(context.config_options());
+                    if args.len() < 2 {
+                        args.push(lit(clamp_to_i64(config.session_idle_timeout_seconds)));
+                    }
+                    args.push(lit(clamp_to_i64(config.session_max_duration_seconds)));
+                }
+                Ok(Expr::from(window_function))
+            },
+        ))
+    }
+
+    fn partition_evaluator(
+        &self,
+        args: PartitionEvaluatorArgs,
+    ) -> Result<Box<dyn PartitionEvaluator>> {
+        let exprs = args.input_exprs();
+        let idle_timeout_seconds = constant_seconds(
+            exprs.get(1),
+            "idle_timeout_seconds",
+            DEFAULT_IDLE_TIMEOUT_SECONDS,
+        )?;
+        let max_duration_seconds = constant_seconds(
+            exprs.get(2),
+            "max_duration_seconds",
+            DEFAULT_MAX_DURATION_SECONDS,
+        )?;
+        Ok(Box::new(SessionStartEvaluator {
+            idle_timeout_us: idle_timeout_seconds.saturating_mul(MICROS_PER_SECOND),
+            max_duration_us: max_duration_seconds.saturating_mul(MICROS_PER_SECOND),
+        }))
+    }
+
+    fn field(&self, field_args: WindowUDFFieldArgs) -> Result<FieldRef> {
+        Ok(Arc::new(Field::new(
+            field_args.name(),
+            timestamp_us_utc(),
+            true,
+        )))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}
+
+fn clamp_to_i64(seconds: u64) -> i64 {
+    i64::try_from(seconds).unwrap_or(i64::MAX)
+}
+
+/// Reads an optional constant argument; the window machinery evaluates
+/// arguments per row, but a timeout that changed from row to row would make
+/// sessions meaningless, so only literals are accepted.
+fn constant_seconds(
+    expr: Option<&Arc<dyn PhysicalExpr>>,
+    argument: &str,
+    default: u64,
+) -> Result<i64> {
+    let Some(expr) = expr else {
+        return Ok(clamp_to_i64(default));
+    };
+    match expr.downcast_ref::<Literal>().map(Literal::value) {
+        Some(ScalarValue::Int64(Some(seconds))) if *seconds >= 0 => Ok(*seconds),
+        Some(ScalarValue::Int64(Some(seconds))) => {
+            exec_err!("{NAME}: {argument} must not be negative, got {seconds}")
+        }
+        _ => exec_err!("{NAME}: {argument} must be a constant number of seconds, got {expr}"),
+    }
+}
+
+/// Walks one `distinct_id`'s events in timestamp order.
+#[derive(Debug)]
+struct SessionStartEvaluator {
+    idle_timeout_us: i64,
+    max_duration_us: i64,
+}
+
+impl PartitionEvaluator for SessionStartEvaluator {
+    /// Assumes the partition is sorted by timestamp ascending (checked: a
+    /// decreasing timestamp is an error, as the ORDER BY was missing or wrong).
+    /// Null timestamps get a null start and do not touch the running session.
+    fn evaluate_all(&mut self, values: &[ArrayRef], num_rows: usize) -> Result<ArrayRef> {
+        let Some(timestamps) = values.first() else {
+            return exec_err!("{NAME}: missing timestamp argument");
+        };
+        let timestamps = as_timestamp_microsecond_array(timestamps)?;
+        let mut starts = Vec::with_capacity(num_rows);
+        let mut current: Option<(i64, i64)> = None; // (session start, previous event)
+        for index in 0..num_rows {
+            if timestamps.is_null(index) {
+                starts.push(0);
+                continue;
+            }
+            let timestamp = timestamps.value(index);
+            let start = match current {
+                Some((start, previous)) => {
+                    if timestamp < previous {
+                        return exec_err!(
+                            "{NAME} needs its window ordered by timestamp ascending: \
+                             use OVER (PARTITION BY distinct_id ORDER BY timestamp)"
+                        );
+                    }
+                    let idle = timestamp - previous > self.idle_timeout_us;
+                    let too_long = timestamp - start > self.max_duration_us;
+                    if idle || too_long { timestamp } else { start }
+                }
+                None => timestamp,
+            };
+            current = Some((start, timestamp));
+            starts.push(start);
+        }
+        let starts =
+            TimestampMicrosecondArray::new(ScalarBuffer::from(starts), timestamps.nulls().cloned())
+                .with_timezone("UTC");
+        Ok(Arc::new(starts))
+    }
+}

@@ -1,0 +1,153 @@
+//! `url_pathname(url)` and `url_hostname(url)`: the parts of `entry_current_url`
+//! and `exit_current_url` that the `entry_pathname`, `entry_hostname`, … columns
+//! hold (spec §2): the path without scheme, host, query or fragment, and the host
+//! without user info or port, `www.` kept.
+
+use std::sync::{Arc, LazyLock};
+
+use datafusion::logical_expr::{Documentation, ScalarUDF};
+
+use crate::args::SESSIONQL_DOC_SECTION;
+use crate::string_map::StringMapUdf;
+
+/// The `url_pathname` scalar function.
+pub fn url_pathname_udf() -> Arc<ScalarUDF> {
+    StringMapUdf::new_udf(
+        "url_pathname",
+        |url| Some(split_url(url).pathname),
+        &PATHNAME_DOCUMENTATION,
+    )
+}
+
+/// The `url_hostname` scalar function.
+pub fn url_hostname_udf() -> Arc<ScalarUDF> {
+    StringMapUdf::new_udf(
+        "url_hostname",
+        |url| split_url(url).hostname,
+        &HOSTNAME_DOCUMENTATION,
+    )
+}
+
+static PATHNAME_DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        SESSIONQL_DOC_SECTION,
+        "Path of a URL: no scheme, host, query or fragment. A URL with no path gives ''.",
+        "url_pathname(url)",
+    )
+    .with_sql_example("```sql\n> SELECT url_pathname('https://a.com/x/y?q=1#f'); -- '/x/y'\n```")
+    .with_argument("url", "An absolute or relative URL.")
+    .with_related_udf("url_hostname")
+    .build()
+});
+
+static HOSTNAME_DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        SESSIONQL_DOC_SECTION,
+        "Host of a URL, without user info or port, `www.` kept; null when the URL has no host.",
+        "url_hostname(url)",
+    )
+    .with_sql_example(
+        "```sql\n> SELECT url_hostname('https://www.a.com:8080/x'); -- 'www.a.com'\n```",
+    )
+    .with_argument("url", "An absolute URL.")
+    .with_related_udf("url_pathname")
+    .build()
+});
+
+/// The host and path of a URL, borrowed from it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UrlParts<'a> {
+    /// Host without user info and port; `None` when the URL has no authority.
+    pub hostname: Option<&'a str>,
+    /// Path up to the query or fragment; may be empty.
+    pub pathname: &'a str,
+}
+
+/// Splits a URL by RFC 3986's generic syntax, without validating it: event
+/// URLs come from browsers and apps, and a lenient split beats a NULL.
+pub fn split_url(url: &str) -> UrlParts<'_> {
+    let after_scheme = match url.find("://") {
+        Some(index) if is_scheme(&url[..index]) => Some(&url[index + 3..]),
+        _ => url.strip_prefix("//"),
+    };
+    let (hostname, rest) = match after_scheme {
+        Some(rest) => {
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            (
+                host_of_authority(&rest[..authority_end]),
+                &rest[authority_end..],
+            )
+        }
+        None => (None, url),
+    };
+    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+    UrlParts {
+        hostname,
+        pathname: &rest[..path_end],
+    }
+}
+
+fn is_scheme(candidate: &str) -> bool {
+    let mut chars = candidate.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+}
+
+fn host_of_authority(authority: &str) -> Option<&str> {
+    let host_and_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    let host = if host_and_port.starts_with('[') {
+        // IPv6 literal: keep the brackets, drop a port after them.
+        host_and_port
+            .find(']')
+            .map_or(host_and_port, |end| &host_and_port[..=end])
+    } else {
+        host_and_port.split(':').next().unwrap_or(host_and_port)
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_the_spec_example() {
+        let parts = split_url("https://a.com/x/y?q=1#f");
+        assert_eq!(
+            parts,
+            UrlParts {
+                hostname: Some("a.com"),
+                pathname: "/x/y"
+            }
+        );
+    }
+
+    #[test]
+    fn drops_port_and_user_keeps_www() {
+        let parts = split_url("http://me:pw@www.a.com:8080?x=1");
+        assert_eq!(
+            parts,
+            UrlParts {
+                hostname: Some("www.a.com"),
+                pathname: ""
+            }
+        );
+        assert_eq!(split_url("http://[::1]:80/p").hostname, Some("[::1]"));
+    }
+
+    #[test]
+    fn relative_urls_have_a_path_only() {
+        assert_eq!(
+            split_url("/pricing?x#y"),
+            UrlParts {
+                hostname: None,
+                pathname: "/pricing"
+            }
+        );
+        assert_eq!(split_url("//cdn.a.com/x").hostname, Some("cdn.a.com"));
+    }
+}
