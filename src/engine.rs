@@ -12,7 +12,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::TableProvider;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use datafusion::sql::parser::DFParser;
+use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use sessionql_udfs::SessionqlConfig;
 
@@ -100,13 +100,32 @@ pub async fn run_statements(
     }
     let mut last = None;
     for statement in statements {
-        let plan = context.state().statement_to_plan(statement).await?;
-        let frame = context.execute_logical_plan(plan).await?;
-        let schema = frame.schema().inner().clone();
-        let batches = frame.collect().await?;
-        last = Some((schema, batches));
+        let text = statement.to_string();
+        let result = run_statement(context, statement).await;
+        // DataFusion's message for a bad SET value does not name the setting.
+        let is_set = text
+            .trim_start()
+            .get(..4)
+            .is_some_and(|start| start.eq_ignore_ascii_case("SET "));
+        last = Some(result.map_err(|error| match error {
+            SessionqlError::Query(error) if is_set => {
+                SessionqlError::Invalid(format!("{text}: {error}"))
+            }
+            other => other,
+        })?);
     }
     last.ok_or_else(|| SessionqlError::Invalid("no SQL statement given".into()))
+}
+
+async fn run_statement(
+    context: &SessionContext,
+    statement: Statement,
+) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let plan = context.state().statement_to_plan(statement).await?;
+    let frame = context.execute_logical_plan(plan).await?;
+    let schema = Arc::clone(frame.schema().inner());
+    let batches = frame.collect().await?;
+    Ok((schema, batches))
 }
 
 impl std::fmt::Debug for Engine {

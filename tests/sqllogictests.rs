@@ -194,7 +194,7 @@ async fn sessionql_session_with_sample() -> Result<DataFusion, DFSqlLogicTestErr
 fn stock_test_files() -> Option<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline"])
+        .args(["metadata", "--format-version", "1"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()?;
@@ -214,20 +214,20 @@ fn stock_exclusion(root: &Path, path: &Path) -> Option<&'static str> {
     let name = relative.file_name()?.to_str()?;
     let top = relative.components().next()?.as_os_str().to_str()?;
     if matches!(top, "spark" | "tpch" | "pg_compat") {
-        return Some("needs Spark functions, TPC-H data or PostgreSQL");
+        return Some("need Spark functions, TPC-H data or PostgreSQL");
     }
     if CATALOG_LISTING_FILES.contains(&name) {
-        return Some("lists every table and function of the session");
+        return Some("list every table and function of the session");
     }
     if SPECIALLY_PREPARED_FILES.contains(&name) {
-        return Some("prepared specially by DataFusion's own runner");
+        return Some("DataFusion's own runner prepares specially");
     }
     let text = std::fs::read_to_string(path).ok()?;
     if EXTERNAL_FILE_MARKERS
         .iter()
         .any(|marker| text.contains(marker))
     {
-        return Some("reads or writes files outside itself");
+        return Some("read or write files outside themselves");
     }
     None
 }
@@ -296,7 +296,7 @@ async fn run_stock_files(filter: Option<&str>, tally: &mut Tally) {
                     .ok()
                     .map(Path::to_path_buf)
                 else {
-                    return (shown, StockOutcome::Excluded("outside test_files"));
+                    return (shown, StockOutcome::Excluded("lie outside test_files"));
                 };
                 let plain = run_file(&path, move || {
                     let relative = relative.clone();
@@ -325,10 +325,14 @@ async fn run_stock_files(filter: Option<&str>, tally: &mut Tally) {
         .collect::<Vec<_>>()
         .await;
     let (mut passed, mut excluded, mut plain_failures) = (0, 0, 0);
+    let mut exclusion_reasons: std::collections::BTreeMap<&str, usize> = Default::default();
     for result in results {
         match result {
             Ok((_, StockOutcome::Passed)) => passed += 1,
-            Ok((_, StockOutcome::Excluded(_))) => excluded += 1,
+            Ok((_, StockOutcome::Excluded(reason))) => {
+                excluded += 1;
+                *exclusion_reasons.entry(reason).or_default() += 1;
+            }
             Ok((_, StockOutcome::FailsOnPlain)) => plain_failures += 1,
             Ok((shown, StockOutcome::Failed(error))) => {
                 tally.failed += 1;
@@ -347,6 +351,9 @@ async fn run_stock_files(filter: Option<&str>, tally: &mut Tally) {
     }
     tally.passed += passed;
     tally.skipped += excluded + plain_failures;
+    for (reason, count) in exclusion_reasons {
+        println!("not run: {count} stock files that {reason}");
+    }
     println!(
         "stock DataFusion .slt files: {passed} pass on sessionql's session, {excluded} not self-contained, {plain_failures} fail on plain DataFusion too"
     );

@@ -1,0 +1,507 @@
+//! The `sessionql` binary, run for real: queries on the shipped sample and on
+//! small hand-made files, output formats, settings, the shell, the generator,
+//! and every kind of bad input, which must give one clear error line and never
+//! a panic.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn sessionql() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    sessionql().args(args).output().expect("the binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A bad input fails with exit code 1 and one `error:` line, no panic.
+fn assert_clean_failure(output: &Output, expected: &[&str]) {
+    let message = stderr(output);
+    assert_eq!(output.status.code(), Some(1), "stderr: {message}");
+    assert!(message.starts_with("error: "), "{message}");
+    assert!(!message.contains("panicked"), "{message}");
+    for part in expected {
+        assert!(message.contains(part), "expected {part:?} in {message}");
+    }
+}
+
+fn write_file(directory: &Path, name: &str, text: &str) -> PathBuf {
+    let path = directory.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+/// Two users: u1 has two pageviews 5 minutes apart and one 40 minutes later
+/// (two derived sessions), u2 one given session.
+const EVENTS_NDJSON: &str = r#"{"uuid": "e1", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:00:00Z", "current_url": "https://a.com/home", "referring_domain": "$direct", "properties": {"$browser": "Firefox"}}
+{"uuid": "e2", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:05:00Z", "current_url": "https://a.com/pricing", "properties": {"$browser": "Firefox"}}
+{"uuid": "e3", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:45:00Z", "current_url": "https://a.com/blog", "referring_domain": "www.google.com"}
+{"uuid": "e4", "event": "$pageview", "distinct_id": "u2", "timestamp": "2024-01-01T01:00:00+01:00", "session_id": "given-1", "current_url": "https://a.com/", "utm_source": "newsletter", "utm_medium": "email", "plan": "pro"}
+"#;
+
+#[test]
+fn query_prints_an_aligned_table() {
+    let directory = tempfile::tempdir().unwrap();
+    let events = write_file(directory.path(), "events.ndjson", EVENTS_NDJSON);
+    let output = run(&[
+        "query",
+        "--events",
+        events.to_str().unwrap(),
+        "SELECT entry_pathname, channel_type, session_duration FROM sessions ORDER BY start_timestamp",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    // e4's time is 01:00+01:00, i.e. midnight UTC: the first session.
+    let expected = "\
++----------------+----------------+------------------+
+| entry_pathname | channel_type   | session_duration |
++----------------+----------------+------------------+
+| /              | Email          | 0                |
+| /home          | Direct         | 300              |
+| /blog          | Organic Search | 0                |
++----------------+----------------+------------------+
+";
+    assert_eq!(stdout(&output), expected);
+}
+
+#[test]
+fn output_formats() {
+    let directory = tempfile::tempdir().unwrap();
+    let events = write_file(directory.path(), "events.jsonl", EVENTS_NDJSON);
+    let events = events.to_str().unwrap();
+    let sql = "SELECT distinct_id, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 1";
+
+    let csv = run(&["query", "--events", events, "--format", "csv", sql]);
+    assert_eq!(stdout(&csv), "distinct_id,sessions\nu1,2\nu2,1\n");
+
+    let json = run(&["query", "--events", events, "--format", "json", sql]);
+    let parsed: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!([{"distinct_id": "u1", "sessions": 2}, {"distinct_id": "u2", "sessions": 1}])
+    );
+
+    let ndjson = run(&["query", "--events", events, "--format", "ndjson", sql]);
+    assert_eq!(
+        stdout(&ndjson),
+        "{\"distinct_id\":\"u1\",\"sessions\":2}\n{\"distinct_id\":\"u2\",\"sessions\":1}\n"
+    );
+
+    // Lists print in CSV too (Arrow's own CSV writer refuses them).
+    let urls = run(&[
+        "query",
+        "--events",
+        events,
+        "--format",
+        "csv",
+        "SELECT urls FROM sessions WHERE distinct_id = 'u2'",
+    ]);
+    assert_eq!(stdout(&urls), "urls\n[https://a.com/]\n");
+}
+
+#[test]
+fn statements_run_in_order_and_settings_apply() {
+    let directory = tempfile::tempdir().unwrap();
+    let events = write_file(directory.path(), "events.ndjson", EVENTS_NDJSON);
+    let events = events.to_str().unwrap();
+    // With a one-hour idle timeout u1's three pageviews are one session.
+    let output = run(&[
+        "query",
+        "--events",
+        events,
+        "--format",
+        "csv",
+        "SET sessionql.session_idle_timeout_seconds = 3600; SELECT count(*) AS n FROM sessions",
+    ]);
+    assert_eq!(stdout(&output), "n\n2\n", "{}", stderr(&output));
+    // The same through the command-line option.
+    let output = run(&[
+        "query",
+        "--events",
+        events,
+        "--idle-timeout",
+        "3600",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM sessions",
+    ]);
+    assert_eq!(stdout(&output), "n\n2\n");
+    // Extra top-level keys are kept in properties.
+    let output = run(&[
+        "query",
+        "--events",
+        events,
+        "--format",
+        "csv",
+        "SELECT properties->>'plan' AS plan FROM events WHERE uuid = 'e4'",
+    ]);
+    assert_eq!(stdout(&output), "plan\npro\n");
+}
+
+#[test]
+fn the_sample_answers_the_readme_query() {
+    let output = run(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT count(*) AS sessions, sum(event_count) AS events FROM sessions",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let mut lines = text.lines().skip(1);
+    let values: Vec<u64> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(|value| value.parse().unwrap())
+        .collect();
+    // Thousands of sessions; distinct events are the 30,000 written minus the duplicates.
+    assert!(values[0] > 2_000, "{text}");
+    assert!(values[1] > 29_000 && values[1] <= 30_000, "{text}");
+    let channels = run(&[
+        "query",
+        "SELECT channel_type, count(*) FROM sessions GROUP BY 1",
+    ]);
+    assert!(channels.status.success());
+    assert!(stdout(&channels).contains("Direct"));
+}
+
+#[test]
+fn malformed_lines_are_reported_and_the_rest_loads() {
+    let directory = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}not json at all\n[1, 2]\n{{\"uuid\": \"x\", \"event\": \"$pageview\", \"timestamp\": \"2024-01-01T00:00:00Z\"}}\n{{\"uuid\": \"y\", \"event\": \"e\", \"distinct_id\": \"u\", \"timestamp\": \"soon\"}}\n",
+        EVENTS_NDJSON
+    );
+    let events = write_file(directory.path(), "events.ndjson", &text);
+    let output = run(&[
+        "query",
+        "--events",
+        events.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM events",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "n\n4\n");
+    let warnings = stderr(&output);
+    let file = events.display().to_string();
+    assert!(
+        warnings.contains(&format!("{file}:5: not valid JSON")),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(&format!("{file}:6: not a JSON object")),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(&format!("{file}:7: missing required field 'distinct_id'")),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains(&format!("{file}:8: timestamp 'soon' is not an ISO 8601")),
+        "{warnings}"
+    );
+    assert!(
+        warnings.contains("loaded 4 events, skipped 4 malformed lines"),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn csv_events_load_by_header_name() {
+    let directory = tempfile::tempdir().unwrap();
+    let events = write_file(
+        directory.path(),
+        "events.csv",
+        "timestamp,event,uuid,distinct_id,current_url\n\
+         2024-01-01 00:00:00,$pageview,c1,u1,https://a.com/x\n\
+         2024-01-01 00:00:20,$pageview,c2,u1\n\
+         2024-01-01 00:00:30,$pageview,c3,u1,https://a.com/z\n",
+    );
+    let output = run(&[
+        "query",
+        "--events",
+        events.to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT entry_pathname, exit_pathname, session_duration FROM sessions",
+    ]);
+    assert_eq!(
+        stdout(&output),
+        "entry_pathname,exit_pathname,session_duration\n/x,/z,30\n"
+    );
+    assert!(
+        stderr(&output).contains(":3: has 4 fields, the header has 5"),
+        "{}",
+        stderr(&output)
+    );
+
+    let missing = write_file(directory.path(), "missing.csv", "uuid,event,timestamp\n");
+    let output = run(&["query", "--events", missing.to_str().unwrap(), "SELECT 1"]);
+    assert_clean_failure(
+        &output,
+        &["missing.csv", "missing required column 'distinct_id'"],
+    );
+}
+
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let output = run(&["query", "SELEC count(*) FROM sessions"]);
+    assert_clean_failure(&output, &["SELEC"]);
+
+    let output = run(&["query", "SELECT no_such_column FROM sessions"]);
+    assert_clean_failure(&output, &["no_such_column"]);
+
+    let output = run(&["query", "SELECT * FROM no_such_table"]);
+    assert_clean_failure(&output, &["no_such_table"]);
+
+    let output = run(&["query", "--events", "/nonexistent/events", "SELECT 1"]);
+    assert_clean_failure(&output, &["/nonexistent/events"]);
+
+    let output = run(&[
+        "query",
+        "SET sessionql.session_idle_timeout_seconds = 'soon'",
+    ]);
+    assert_clean_failure(&output, &["session_idle_timeout_seconds"]);
+
+    let output = run(&["query", ""]);
+    assert_clean_failure(&output, &["no SQL statement"]);
+
+    let directory = tempfile::tempdir().unwrap();
+    let empty = directory.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = run(&["query", "--events", empty.to_str().unwrap(), "SELECT 1"]);
+    assert_clean_failure(&output, &["no event files"]);
+
+    let not_parquet = write_file(directory.path(), "broken.parquet", "not parquet");
+    let output = run(&[
+        "query",
+        "--events",
+        not_parquet.to_str().unwrap(),
+        "SELECT 1",
+    ]);
+    assert_clean_failure(&output, &["broken.parquet", "not a readable Parquet file"]);
+}
+
+#[test]
+fn parquet_file_missing_a_required_column_is_named() {
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("no_timestamp.parquet");
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("uuid", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("distinct_id", DataType::Utf8, false),
+    ]));
+    let column = || Arc::new(StringArray::from(vec!["x"])) as _;
+    let batch =
+        RecordBatch::try_new(Arc::clone(&schema), vec![column(), column(), column()]).unwrap();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let output = run(&["query", "--events", path.to_str().unwrap(), "SELECT 1"]);
+    assert_clean_failure(
+        &output,
+        &[
+            "no_timestamp.parquet",
+            "missing required column 'timestamp'",
+        ],
+    );
+}
+
+#[test]
+fn parquet_with_only_some_columns_loads_the_rest_as_null() {
+    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use datafusion::arrow::record_batch::RecordBatch;
+    use std::sync::Arc;
+
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("narrow.parquet");
+    // Nullable columns and millisecond timestamps, as other tools write them.
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("uuid", DataType::Utf8, true),
+        Field::new("event", DataType::Utf8, true),
+        Field::new("distinct_id", DataType::Utf8, true),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]));
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec!["n1", "n2"])),
+            Arc::new(StringArray::from(vec!["$pageview", "$pageview"])),
+            Arc::new(StringArray::from(vec!["u", "u"])),
+            Arc::new(TimestampMillisecondArray::from(vec![
+                1_704_067_200_000,
+                1_704_067_212_500,
+            ])),
+        ],
+    )
+    .unwrap();
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&path).unwrap(),
+        schema,
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let output = run(&[
+        "query",
+        "--events",
+        directory.path().to_str().unwrap(),
+        "--format",
+        "csv",
+        "SELECT start_timestamp, session_duration, pageview_count, entry_current_url IS NULL AS no_url, is_bounce FROM sessions",
+    ]);
+    assert_eq!(
+        stdout(&output),
+        "start_timestamp,session_duration,pageview_count,no_url,is_bounce\n2024-01-01T00:00:00Z,12,2,true,false\n",
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn shell_reads_statements_until_quit() {
+    let directory = tempfile::tempdir().unwrap();
+    let events = write_file(directory.path(), "events.ndjson", EVENTS_NDJSON);
+    let mut child = sessionql()
+        .args([
+            "shell",
+            "--events",
+            events.to_str().unwrap(),
+            "--format",
+            "csv",
+        ])
+        .env("HOME", directory.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"SELECT count(*) AS n\nFROM sessions;\nSELECT nope;\nSELECT 40 + 2 AS answer;\n\\q\n",
+        )
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.contains("n\n3\n"), "{text}");
+    assert!(text.contains("answer\n42\n"), "{text}");
+    assert!(stderr(&output).contains("error: "), "{}", stderr(&output));
+}
+
+#[test]
+fn generator_is_deterministic_and_realistic() {
+    let directory = tempfile::tempdir().unwrap();
+    let first = directory.path().join("first");
+    let second = directory.path().join("second");
+    for out in [&first, &second] {
+        let output = run(&[
+            "generate",
+            "--events",
+            "20000",
+            "--seed",
+            "7",
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    let bytes = |dir: &Path| std::fs::read(dir.join("events-0000.parquet")).unwrap();
+    assert_eq!(bytes(&first), bytes(&second));
+
+    let events = first.to_str().unwrap();
+    let sql = "SELECT
+        count(*) AS events,
+        round(100.0 * count(*) FILTER (WHERE session_id IS NULL) / count(*)) AS percent_without_session_id,
+        count(*) - count(DISTINCT uuid) AS duplicates
+      FROM events";
+    let output = run(&["query", "--events", events, "--format", "csv", sql]);
+    let text = stdout(&output);
+    let values: Vec<f64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|value| value.parse().unwrap())
+        .collect();
+    assert_eq!(values[0], 20_000.0);
+    assert!((10.0..=30.0).contains(&values[1]), "{text}");
+    assert!(values[2] > 0.0, "{text}");
+
+    // Some given sessions run past 24 hours, and the files are not in time order.
+    let output = run(&[
+        "query",
+        "--events",
+        events,
+        "--format",
+        "csv",
+        "SELECT count(*) FILTER (WHERE session_duration > 86400) AS long_sessions FROM sessions",
+    ]);
+    let long_sessions: u64 = stdout(&output).lines().nth(1).unwrap().parse().unwrap();
+    assert!(long_sessions > 0, "{}", stdout(&output));
+    let output = run(&[
+        "query",
+        "--events",
+        events,
+        "--format",
+        "csv",
+        "SELECT count(*) AS out_of_order FROM (SELECT timestamp < lag(timestamp) OVER () AS earlier FROM events) WHERE earlier",
+    ]);
+    let out_of_order: u64 = stdout(&output).lines().nth(1).unwrap().parse().unwrap();
+    assert!(out_of_order > 0);
+}
+
+#[test]
+fn the_committed_sample_is_what_the_generator_makes() {
+    let directory = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "generate",
+        "--events",
+        "30000",
+        "--seed",
+        "42",
+        "--out",
+        directory.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let generated = std::fs::read(directory.path().join("events-0000.parquet")).unwrap();
+    let committed = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/events-0000.parquet"),
+    )
+    .unwrap();
+    assert!(
+        generated == committed,
+        "data/sample differs from `sessionql generate --events 30000 --seed 42`"
+    );
+}

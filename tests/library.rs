@@ -1,0 +1,201 @@
+//! sessionql embedded in a Rust program: the engine builder, replacing the
+//! events table, settings per session, and plan shapes that matter for speed.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::datasource::MemTable;
+use sessionql::{Engine, SessionqlConfig, SessionqlError, session_context, use_events_table};
+
+/// Three pageviews of one user at 00:00, 00:10 and 00:50 (UTC), no session ids.
+fn pageviews_table() -> Arc<MemTable> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("uuid", DataType::Utf8, false),
+        Field::new("event", DataType::Utf8, false),
+        Field::new("distinct_id", DataType::Utf8, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
+        Field::new("current_url", DataType::Utf8, true),
+    ]));
+    let minute = 60_000_000;
+    let batch = RecordBatch::try_new(
+        Arc::clone(&schema),
+        vec![
+            Arc::new(StringArray::from(vec!["p1", "p2", "p3"])),
+            Arc::new(StringArray::from(vec!["$pageview"; 3])),
+            Arc::new(StringArray::from(vec!["u"; 3])),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![
+                    1_704_067_200_000_000,
+                    1_704_067_200_000_000 + 10 * minute,
+                    1_704_067_200_000_000 + 50 * minute,
+                ])
+                .with_timezone("UTC"),
+            ),
+            Arc::new(StringArray::from(vec![
+                Some("https://a.com/"),
+                None,
+                Some("https://a.com/end"),
+            ])),
+        ],
+    )
+    .unwrap();
+    Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
+}
+
+async fn session_counts(context: &datafusion::prelude::SessionContext) -> Vec<i64> {
+    let batches = context
+        .sql("SELECT event_count FROM sessions ORDER BY start_timestamp")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    batches
+        .iter()
+        .flat_map(|batch| {
+            let counts = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap();
+            counts.values().to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_program_brings_its_own_events_table() {
+    let context = session_context(&SessionqlConfig::default(), None).unwrap();
+    use_events_table(&context, pageviews_table()).await.unwrap();
+    // 00:00 and 00:10 share a session; 00:50 comes 40 minutes later.
+    assert_eq!(session_counts(&context).await, vec![2, 1]);
+    // Columns the table lacks read as NULL.
+    let batches = context
+        .sql("SELECT count(utm_source) FROM events")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(count.value(0), 0);
+}
+
+#[tokio::test]
+async fn a_table_without_a_required_column_is_refused() {
+    let context = session_context(&SessionqlConfig::default(), None).unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("uuid", DataType::Utf8, false)]));
+    let table = Arc::new(MemTable::try_new(schema, vec![vec![]]).unwrap());
+    let error = use_events_table(&context, table).await.unwrap_err();
+    assert!(
+        matches!(&error, SessionqlError::MissingColumn { column, .. } if column == "event"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn builder_options_set_the_session_definition() {
+    let default_engine = Engine::builder().build().await.unwrap();
+    let context = session_context(&SessionqlConfig::default(), None).unwrap();
+    use_events_table(&context, pageviews_table()).await.unwrap();
+
+    let mut settings = SessionqlConfig::default();
+    settings.session_idle_timeout_seconds = 3600;
+    let long_idle = session_context(&settings, None).unwrap();
+    use_events_table(&long_idle, pageviews_table())
+        .await
+        .unwrap();
+    assert_eq!(session_counts(&long_idle).await, vec![3]);
+    // A SET in one session leaves the other alone.
+    long_idle
+        .sql("SET sessionql.session_idle_timeout_seconds = 60")
+        .await
+        .unwrap();
+    assert_eq!(session_counts(&long_idle).await, vec![1, 1, 1]);
+    assert_eq!(session_counts(&context).await, vec![2, 1]);
+
+    // The builder's option reaches the same setting.
+    let engine = Engine::builder()
+        .idle_timeout_seconds(600)
+        .build()
+        .await
+        .unwrap();
+    let idle = SessionqlConfig::from_options(engine.state().config().options())
+        .session_idle_timeout_seconds;
+    assert_eq!(idle, 600);
+    assert!(default_engine.load_report().files.len() == 1);
+}
+
+/// The optimised plan of a query on `sessions`, as text.
+async fn optimized_plan(sql: &str) -> String {
+    let context = session_context(&SessionqlConfig::default(), None).unwrap();
+    use_events_table(&context, pageviews_table()).await.unwrap();
+    let plan = context
+        .sql(sql)
+        .await
+        .unwrap()
+        .into_optimized_plan()
+        .unwrap();
+    plan.display_indent().to_string()
+}
+
+#[tokio::test]
+async fn counting_sessions_computes_no_session_property() {
+    let plan = optimized_plan("SELECT count(*) FROM sessions").await;
+    assert!(plan.contains("session_start"), "{plan}");
+    for property in [
+        "entry_value",
+        "exit_value",
+        "url_pathname",
+        "array_agg",
+        "channel_type",
+        "count(DISTINCT",
+    ] {
+        assert!(!plan.contains(property), "{property} in\n{plan}");
+    }
+    let plan = optimized_plan("SELECT entry_current_url FROM sessions").await;
+    assert!(plan.contains("entry_value"), "{plan}");
+    assert!(
+        !plan.contains("exit_value") && !plan.contains("channel_type"),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
+async fn settings_reach_the_window_function_through_the_optimizer() {
+    let plan = optimized_plan("SELECT count(*) FROM sessions").await;
+    // session_start(timestamp) is completed with the session's settings.
+    assert!(
+        plan.contains("session_start(events.timestamp, Int64(1800), Int64(86400))"),
+        "{plan}"
+    );
+}
+
+#[tokio::test]
+async fn json_properties_are_reachable() {
+    let engine = Engine::builder().build().await.unwrap();
+    let (_, batches) = engine
+        .run_statements(
+            "SELECT count(*) FROM events WHERE (properties->>'$browser') IS NOT NULL \
+             AND json_get_str(properties, '$browser') = (properties->>'$browser')",
+        )
+        .await
+        .unwrap();
+    let count = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert!(count.value(0) > 0);
+    assert!(!count.is_null(0));
+}
