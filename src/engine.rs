@@ -94,7 +94,7 @@ pub async fn run_statements(
     sql: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
     let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(|error| SessionqlError::Query(error.into()))?;
+        .map_err(SessionqlError::Query)?;
     if statements.is_empty() {
         return Err(SessionqlError::Invalid("no SQL statement given".into()));
     }

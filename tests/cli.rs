@@ -3,6 +3,8 @@
 //! and every kind of bad input, which must give one clear error line and never
 //! a panic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -1,6 +1,8 @@
 //! sessionql embedded in a Rust program: the engine builder, replacing the
 //! events table, settings per session, and plan shapes that matter for speed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
