@@ -93,8 +93,8 @@ pub async fn run_statements(
     context: &SessionContext,
     sql: &str,
 ) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-    let statements = DFParser::parse_sql_with_dialect(sql, &GenericDialect {})
-        .map_err(SessionqlError::Query)?;
+    let statements =
+        DFParser::parse_sql_with_dialect(sql, &GenericDialect {}).map_err(SessionqlError::Query)?;
     if statements.is_empty() {
         return Err(SessionqlError::Invalid("no SQL statement given".into()));
     }

@@ -5,7 +5,7 @@ use datafusion::arrow::array::{ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::cast::as_string_array;
 use datafusion::common::{Result, exec_err, plan_err};
-use datafusion::logical_expr::{ColumnarValue, DocSection};
+use datafusion::logical_expr::{ColumnarValue, DocSection, Signature, TypeSignature, Volatility};
 
 /// The section under which `SHOW FUNCTIONS` and the docs list our functions.
 pub const SESSIONQL_DOC_SECTION: DocSection = DocSection {
@@ -13,6 +13,16 @@ pub const SESSIONQL_DOC_SECTION: DocSection = DocSection {
     label: "Session analytics (sessionql)",
     description: Some("Sessionization and session-property functions of sessionql."),
 };
+
+/// A signature whose argument types our own `coerce_types` decides (so errors
+/// name the function and the argument), and which also lists the canonical
+/// argument types, so `SHOW FUNCTIONS` and `information_schema.parameters`
+/// can show them (they list nothing for a purely user-defined signature).
+pub fn documented_signature(canonical: Vec<Vec<DataType>>) -> Signature {
+    let mut variants = vec![TypeSignature::UserDefined];
+    variants.extend(canonical.into_iter().map(TypeSignature::Exact));
+    Signature::one_of(variants, Volatility::Immutable)
+}
 
 /// Every argument as an array of `rows` rows (literals are expanded).
 pub fn arrays(args: &[ColumnarValue], rows: usize) -> Result<Vec<ArrayRef>> {

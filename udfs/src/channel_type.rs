@@ -9,10 +9,11 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, exec_err, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_utf8, string_arg};
+use crate::args::{
+    SESSIONQL_DOC_SECTION, arrays, coerce_to_utf8, documented_signature, string_arg,
+};
 use crate::blank_to_null::blank_to_null;
 use crate::channel_lookup::{ChannelLookup, ChannelTypes};
 
@@ -25,7 +26,7 @@ const DIRECT_SOURCES: [&str; 3] = ["(direct)", "direct", "$direct"];
 pub fn channel_type_udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(ChannelType {
         lookup: ChannelLookup::built_in().map(Arc::new),
-        signature: Signature::user_defined(Volatility::Immutable),
+        signature: documented_signature(vec![vec![DataType::Utf8; 7]]),
     }))
 }
 

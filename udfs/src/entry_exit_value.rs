@@ -26,10 +26,12 @@ use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature, Volatility,
+    Signature,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_timestamp_us, coerce_to_utf8};
+use crate::args::{
+    SESSIONQL_DOC_SECTION, coerce_to_timestamp_us, coerce_to_utf8, documented_signature,
+};
 use crate::timestamp_us_utc;
 
 /// Which end of the session a pick looks at.
@@ -62,7 +64,12 @@ impl PickValue {
     fn new(direction: PickDirection) -> Self {
         Self {
             direction,
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: documented_signature(vec![vec![
+                DataType::Utf8,
+                DataType::Boolean,
+                timestamp_us_utc(),
+                DataType::Utf8,
+            ]]),
         }
     }
 }

@@ -11,18 +11,17 @@ use datafusion::common::cast::as_timestamp_microsecond_array;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::MICROS_PER_SECOND;
-use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_timestamp_us};
+use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_timestamp_us, documented_signature};
+use crate::{MICROS_PER_SECOND, timestamp_us_utc};
 
 const NAME: &str = "session_duration";
 
 /// The `session_duration` scalar function.
 pub fn session_duration_udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(SessionDuration {
-        signature: Signature::user_defined(Volatility::Immutable),
+        signature: documented_signature(vec![vec![timestamp_us_utc(), timestamp_us_utc()]]),
     }))
 }
 

@@ -11,10 +11,9 @@ use datafusion::common::cast::as_int64_array;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_int64};
+use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_int64, documented_signature};
 use crate::config::SessionqlConfig;
 
 const NAME: &str = "session_is_bounce";
@@ -22,7 +21,7 @@ const NAME: &str = "session_is_bounce";
 /// The `session_is_bounce` scalar function.
 pub fn session_is_bounce_udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(SessionIsBounce {
-        signature: Signature::user_defined(Volatility::Immutable),
+        signature: documented_signature(vec![vec![DataType::Int64; 3], vec![DataType::Int64; 4]]),
     }))
 }
 

@@ -11,10 +11,12 @@ use datafusion::common::cast::as_int64_array;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, arrays, coerce_to_int64, coerce_to_utf8, string_arg};
+use crate::args::{
+    SESSIONQL_DOC_SECTION, arrays, coerce_to_int64, coerce_to_utf8, documented_signature,
+    string_arg,
+};
 
 /// Buckets in order: (label, largest duration in seconds it holds).
 pub const SESSION_LENGTH_BUCKETS: [(&str, i64); 10] = [
@@ -42,14 +44,14 @@ pub fn bucket_index(duration_seconds: i64) -> usize {
 /// The `session_length_bucket` scalar function.
 pub fn session_length_bucket_udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(SessionLengthBucket {
-        signature: Signature::user_defined(Volatility::Immutable),
+        signature: documented_signature(vec![vec![DataType::Int64]]),
     }))
 }
 
 /// The `session_length_bucket_order` scalar function.
 pub fn session_length_bucket_order_udf() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(SessionLengthBucketOrder {
-        signature: Signature::user_defined(Volatility::Immutable),
+        signature: documented_signature(vec![vec![DataType::Utf8]]),
     }))
 }
 

@@ -18,12 +18,14 @@ use datafusion::logical_expr::expr::WindowFunction;
 use datafusion::logical_expr::function::{PartitionEvaluatorArgs, WindowUDFFieldArgs};
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
-    Documentation, Expr, PartitionEvaluator, Signature, Volatility, WindowUDF, WindowUDFImpl, lit,
+    Documentation, Expr, PartitionEvaluator, Signature, WindowUDF, WindowUDFImpl, lit,
 };
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_int64, coerce_to_timestamp_us};
+use crate::args::{
+    SESSIONQL_DOC_SECTION, coerce_to_int64, coerce_to_timestamp_us, documented_signature,
+};
 use crate::config::{DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_MAX_DURATION_SECONDS, SessionqlConfig};
 use crate::{MICROS_PER_SECOND, timestamp_us_utc};
 
@@ -43,7 +45,11 @@ pub struct SessionStart {
 impl SessionStart {
     fn new() -> Self {
         Self {
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: documented_signature(vec![
+                vec![timestamp_us_utc()],
+                vec![timestamp_us_utc(), DataType::Int64],
+                vec![timestamp_us_utc(), DataType::Int64, DataType::Int64],
+            ]),
         }
     }
 }

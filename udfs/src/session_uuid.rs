@@ -12,13 +12,14 @@ use datafusion::common::cast::as_timestamp_microsecond_array;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
 use crate::args::{
-    SESSIONQL_DOC_SECTION, arrays, coerce_to_timestamp_us, coerce_to_utf8, string_arg,
+    SESSIONQL_DOC_SECTION, arrays, coerce_to_timestamp_us, coerce_to_utf8, documented_signature,
+    string_arg,
 };
 use crate::stable_hash::stable_hash64;
+use crate::timestamp_us_utc;
 
 const NAME: &str = "session_uuid";
 const UUID_VERSION_7: u128 = 0x7;
@@ -38,7 +39,7 @@ pub struct SessionUuid {
 impl SessionUuid {
     fn new() -> Self {
         Self {
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: documented_signature(vec![vec![DataType::Utf8, timestamp_us_utc()]]),
         }
     }
 }

@@ -11,10 +11,9 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
 };
 
-use crate::args::{arrays, coerce_to_utf8, string_arg};
+use crate::args::{arrays, coerce_to_utf8, documented_signature, string_arg};
 
 /// A string → string scalar function; `map` returning `None` gives SQL NULL.
 #[derive(Debug)]
@@ -36,7 +35,7 @@ impl StringMapUdf {
             name,
             map,
             documentation,
-            signature: Signature::user_defined(Volatility::Immutable),
+            signature: documented_signature(vec![vec![DataType::Utf8]]),
         }))
     }
 }
