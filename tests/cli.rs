@@ -8,6 +8,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
 
 fn sessionql() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
@@ -296,31 +301,31 @@ fn bad_input_gives_one_clear_error() {
     assert_clean_failure(&output, &["broken.parquet", "not a readable Parquet file"]);
 }
 
-#[test]
-fn parquet_file_missing_a_required_column_is_named() {
-    use datafusion::arrow::array::StringArray;
-    use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("no_timestamp.parquet");
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("uuid", DataType::Utf8, false),
-        Field::new("event", DataType::Utf8, false),
-        Field::new("distinct_id", DataType::Utf8, false),
-    ]));
-    let column = || Arc::new(StringArray::from(vec!["x"])) as _;
-    let batch =
-        RecordBatch::try_new(Arc::clone(&schema), vec![column(), column(), column()]).unwrap();
-    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        schema,
-        None,
-    )
-    .unwrap();
+/// Writes one batch of `columns` as a Parquet file.
+fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef, bool)>) {
+    let batch = RecordBatch::try_from_iter_with_nullable(columns).unwrap();
+    let file = std::fs::File::create(path).unwrap();
+    let mut writer = ArrowWriter::try_new(file, batch.schema(), None).unwrap();
     writer.write(&batch).unwrap();
     writer.close().unwrap();
+}
+
+fn strings(values: &[&str]) -> ArrayRef {
+    Arc::new(StringArray::from(values.to_vec()))
+}
+
+#[test]
+fn parquet_file_missing_a_required_column_is_named() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("no_timestamp.parquet");
+    write_parquet(
+        &path,
+        vec![
+            ("uuid", strings(&["x"]), false),
+            ("event", strings(&["x"]), false),
+            ("distinct_id", strings(&["x"]), false),
+        ],
+    );
     let output = run(&["query", "--events", path.to_str().unwrap(), "SELECT 1"]);
     assert_clean_failure(
         &output,
@@ -333,45 +338,19 @@ fn parquet_file_missing_a_required_column_is_named() {
 
 #[test]
 fn parquet_with_only_some_columns_loads_the_rest_as_null() {
-    use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-    use datafusion::arrow::record_batch::RecordBatch;
-    use std::sync::Arc;
-
     let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("narrow.parquet");
-    // Nullable columns and millisecond timestamps, as other tools write them.
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("uuid", DataType::Utf8, true),
-        Field::new("event", DataType::Utf8, true),
-        Field::new("distinct_id", DataType::Utf8, true),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            true,
-        ),
-    ]));
-    let batch = RecordBatch::try_new(
-        Arc::clone(&schema),
+    // Nullable columns and millisecond timestamps without a zone, as other
+    // tools write them.
+    let timestamps = TimestampMillisecondArray::from(vec![1_704_067_200_000, 1_704_067_212_500]);
+    write_parquet(
+        &directory.path().join("narrow.parquet"),
         vec![
-            Arc::new(StringArray::from(vec!["n1", "n2"])),
-            Arc::new(StringArray::from(vec!["$pageview", "$pageview"])),
-            Arc::new(StringArray::from(vec!["u", "u"])),
-            Arc::new(TimestampMillisecondArray::from(vec![
-                1_704_067_200_000,
-                1_704_067_212_500,
-            ])),
+            ("uuid", strings(&["n1", "n2"]), true),
+            ("event", strings(&["$pageview", "$pageview"]), true),
+            ("distinct_id", strings(&["u", "u"]), true),
+            ("timestamp", Arc::new(timestamps), true),
         ],
-    )
-    .unwrap();
-    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(
-        std::fs::File::create(&path).unwrap(),
-        schema,
-        None,
-    )
-    .unwrap();
-    writer.write(&batch).unwrap();
-    writer.close().unwrap();
+    );
     let output = run(&[
         "query",
         "--events",

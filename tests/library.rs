@@ -78,19 +78,22 @@ async fn a_program_brings_its_own_events_table() {
     // 00:00 and 00:10 share a session; 00:50 comes 40 minutes later.
     assert_eq!(session_counts(&context).await, vec![2, 1]);
     // Columns the table lacks read as NULL.
-    let batches = context
-        .sql("SELECT count(utm_source) FROM events")
-        .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
+    assert_eq!(
+        single_count(&context, "SELECT count(utm_source) FROM events").await,
+        0
+    );
+}
+
+/// The one Int64 value a counting query returns.
+async fn single_count(context: &datafusion::prelude::SessionContext, sql: &str) -> i64 {
+    let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
     let count = batches[0]
         .column(0)
         .as_any()
         .downcast_ref::<Int64Array>()
         .unwrap();
-    assert_eq!(count.value(0), 0);
+    assert!(!count.is_null(0));
+    count.value(0)
 }
 
 #[tokio::test]
@@ -186,18 +189,11 @@ async fn settings_reach_the_window_function_through_the_optimizer() {
 #[tokio::test]
 async fn json_properties_are_reachable() {
     let engine = Engine::builder().build().await.unwrap();
-    let (_, batches) = engine
-        .run_statements(
-            "SELECT count(*) FROM events WHERE (properties->>'$browser') IS NOT NULL \
-             AND json_get_str(properties, '$browser') = (properties->>'$browser')",
-        )
-        .await
-        .unwrap();
-    let count = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
-    assert!(count.value(0) > 0);
-    assert!(!count.is_null(0));
+    let count = single_count(
+        &engine,
+        "SELECT count(*) FROM events WHERE (properties->>'$browser') IS NOT NULL \
+         AND json_get_str(properties, '$browser') = (properties->>'$browser')",
+    )
+    .await;
+    assert!(count > 0);
 }
