@@ -88,6 +88,12 @@ pub struct EngineArgs {
     /// Sessions at least this many seconds long are never bounces.
     #[arg(long, value_name = "SECONDS")]
     pub bounce_duration: Option<u64>,
+    /// Channel table in PostHog's JSON format, replacing the built-in lists.
+    #[arg(long, value_name = "FILE")]
+    pub channel_definitions: Option<PathBuf>,
+    /// Custom channel rules (JSON), tried before the built-in rules.
+    #[arg(long, value_name = "FILE")]
+    pub channel_rules: Option<PathBuf>,
 }
 
 impl EngineArgs {
@@ -105,6 +111,12 @@ impl EngineArgs {
         }
         if let Some(seconds) = self.bounce_duration {
             builder = builder.bounce_duration_seconds(seconds);
+        }
+        if let Some(path) = &self.channel_definitions {
+            builder = builder.channel_definitions(path);
+        }
+        if let Some(path) = &self.channel_rules {
+            builder = builder.channel_rules(path);
         }
         let engine = builder.build().await?;
         report_skipped_lines(engine.load_report());

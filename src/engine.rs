@@ -16,6 +16,7 @@ use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use sessionql_udfs::SessionqlConfig;
 
+use crate::channel_files::ChannelFiles;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{LoadReport, adapt_to_events_schema, events_table};
 use crate::session_views::register_session_views;
@@ -101,12 +102,21 @@ pub async fn run_statements(
     let mut last = None;
     for statement in statements {
         let text = statement.to_string();
-        let result = run_statement(context, statement).await;
-        // DataFusion's message for a bad SET value does not name the setting.
         let is_set = text
             .trim_start()
             .get(..4)
             .is_some_and(|start| start.eq_ignore_ascii_case("SET "));
+        let sets_channel_file = is_set && text.contains("sessionql.channel_");
+        let settings_before = SessionqlConfig::from_options(context.state().config().options());
+        let mut result = run_statement(context, statement).await;
+        if sets_channel_file && result.is_ok() {
+            if let Err(error) = check_channel_files(context).await {
+                // Keep the session usable: a file that cannot be read is not set.
+                restore_channel_settings(context, &settings_before)?;
+                result = Err(error);
+            }
+        }
+        // DataFusion's message for a bad SET value does not name the setting.
         last = Some(result.map_err(|error| match error {
             SessionqlError::Query(error) if is_set => {
                 SessionqlError::Invalid(format!("{text}: {error}"))
@@ -115,6 +125,30 @@ pub async fn run_statements(
         })?);
     }
     last.ok_or_else(|| SessionqlError::Invalid("no SQL statement given".into()))
+}
+
+fn restore_channel_settings(context: &SessionContext, before: &SessionqlConfig) -> Result<()> {
+    let state = context.state_ref();
+    let mut state = state.write();
+    let options = state.config_mut().options_mut();
+    options.set("sessionql.channel_definitions", &before.channel_definitions)?;
+    options.set("sessionql.channel_rules", &before.channel_rules)?;
+    Ok(())
+}
+
+/// Reads the channel files the session's settings name, so a missing or
+/// malformed file is reported when it is set, not at the first query.
+async fn check_channel_files(context: &SessionContext) -> Result<()> {
+    let settings = SessionqlConfig::from_options(context.state().config().options());
+    if settings.channel_definitions.is_empty() && settings.channel_rules.is_empty() {
+        return Ok(());
+    }
+    context
+        .sql("SELECT channel_type(NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+        .await?
+        .collect()
+        .await?;
+    Ok(())
 }
 
 async fn run_statement(
@@ -171,6 +205,19 @@ impl EngineBuilder {
         self
     }
 
+    /// Reads channel definitions (PostHog's JSON table format) from this file
+    /// instead of the built-in source and medium lists.
+    pub fn channel_definitions(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.channel_definitions = path.into().to_string_lossy().into_owned();
+        self
+    }
+
+    /// Tries the custom channel rules in this JSON file before the built-in rules.
+    pub fn channel_rules(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.channel_rules = path.into().to_string_lossy().into_owned();
+        self
+    }
+
     /// Partitions DataFusion splits work into (default: the number of cores).
     pub fn target_partitions(mut self, partitions: usize) -> Self {
         self.target_partitions = Some(partitions);
@@ -181,6 +228,7 @@ impl EngineBuilder {
     /// creates the session views.
     pub async fn build(self) -> Result<Engine> {
         let context = session_context(&self.settings, self.target_partitions)?;
+        check_channel_files(&context).await?;
         let events_path = self.events.unwrap_or_else(sample_events_path);
         let partitions = context.state().config().target_partitions();
         let (events, load_report) = events_table(&events_path, partitions)?;
@@ -222,7 +270,10 @@ pub fn session_context(
         .with_config(config)
         .with_default_features()
         .build();
-    sessionql_udfs::register_all(&mut state)?;
+    sessionql_udfs::register_all_with_channel_source(
+        &mut state,
+        Some(Arc::new(ChannelFiles::default())),
+    )?;
     datafusion_functions_json::register_all(&mut state)?;
     Ok(SessionContext::new_with_state(state))
 }

@@ -1,12 +1,14 @@
 //! `channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid,
-//! fbclid, gad_source)`: the marketing channel of spec §4, rules in order.
+//! fbclid, gad_source [, entry_url])`: the marketing channel of spec §4, rules
+//! in order, after the user's custom rules when the session names a rules file
+//! (`entry_url` feeds the rules' `url`, `hostname` and `pathname` keys).
 
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, StringArray, StringBuilder};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{Result, exec_err, plan_err};
+use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
 };
@@ -16,30 +18,33 @@ use crate::args::{
 };
 use crate::blank_to_null::blank_to_null;
 use crate::channel_lookup::{ChannelLookup, ChannelTypes};
+use crate::channel_rules::{ChannelRule, RuleInputs, first_matching};
+use crate::channel_tables::ChannelTables;
+use crate::config::SessionqlConfig;
 
 const NAME: &str = "channel_type";
 const DIRECT_REFERRER: &str = "$direct";
 const PAID_MEDIUMS: [&str; 6] = ["cpc", "cpm", "cpv", "cpa", "ppc", "retargeting"];
 const DIRECT_SOURCES: [&str; 3] = ["(direct)", "direct", "$direct"];
 
-/// The `channel_type` scalar function with the built-in lookup table.
-pub fn channel_type_udf() -> Arc<ScalarUDF> {
+/// The `channel_type` scalar function, reading user tables through `tables`.
+pub fn channel_type_udf(tables: Arc<ChannelTables>) -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(ChannelType {
-        lookup: ChannelLookup::built_in().map(Arc::new),
-        signature: documented_signature(vec![vec![DataType::Utf8; 7]]),
+        tables,
+        signature: documented_signature(vec![vec![DataType::Utf8; 7], vec![DataType::Utf8; 8]]),
     }))
 }
 
 /// Implementation of `channel_type`; see the module documentation.
 #[derive(Debug)]
 pub struct ChannelType {
-    lookup: std::result::Result<Arc<ChannelLookup>, String>,
+    tables: Arc<ChannelTables>,
     signature: Signature,
 }
 
 impl PartialEq for ChannelType {
     fn eq(&self, other: &Self) -> bool {
-        self.lookup == other.lookup
+        Arc::ptr_eq(&self.tables, &other.tables)
     }
 }
 
@@ -68,6 +73,8 @@ pub struct ChannelInputs<'a> {
     pub fbclid: Option<&'a str>,
     /// Google Ads `gad_source`
     pub gad_source: Option<&'a str>,
+    /// The entry URL, for custom rules
+    pub entry_url: Option<&'a str>,
 }
 
 /// Lower-cases a utm field and reads `''`/`'null'` as missing.
@@ -86,8 +93,24 @@ fn mentions_shopping(campaign: &str) -> bool {
         })
 }
 
-/// Spec §4, rules 1 to 4 in order.
-pub fn classify(lookup: &ChannelLookup, inputs: ChannelInputs<'_>) -> String {
+/// The user's custom rules (on raw values), then spec §4's rules 1 to 4 in order.
+pub fn classify(
+    lookup: &ChannelLookup,
+    rules: &[ChannelRule],
+    inputs: ChannelInputs<'_>,
+) -> String {
+    if !rules.is_empty() {
+        let raw = RuleInputs {
+            utm_source: inputs.utm_source,
+            utm_medium: inputs.utm_medium,
+            utm_campaign: inputs.utm_campaign,
+            referring_domain: inputs.referring_domain,
+            url: inputs.entry_url,
+        };
+        if let Some(channel) = first_matching(rules, &raw) {
+            return channel.to_string();
+        }
+    }
     let source = normalised(inputs.utm_source);
     let medium = normalised(inputs.utm_medium);
     let campaign = normalised(inputs.utm_campaign);
@@ -159,7 +182,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "Marketing channel of a session's entry event (PostHog's rules): Cross Network, \
          Paid Search/Social/Video/Shopping/Unknown, Direct, Organic Search/Social/Video/\
          Shopping, Push, SMS, Audio, Email, Referral, Affiliate, Display or Unknown.",
-        "channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source)",
+        "channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source [, entry_url])",
     )
     .with_sql_example(
         "```sql\n> SELECT channel_type('google', 'cpc', NULL, 'www.google.com', NULL, NULL, NULL); -- 'Paid Search'\n```",
@@ -171,6 +194,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
     .with_argument("gclid", "Google click id; only its presence counts.")
     .with_argument("fbclid", "Meta click id; only its presence counts.")
     .with_argument("gad_source", "Google Ads gad_source; '1' means Search.")
+    .with_argument("entry_url", "Optional: the entry URL, for custom rules on url, hostname and pathname.")
     .build()
 });
 
@@ -184,9 +208,9 @@ impl ScalarUDFImpl for ChannelType {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        if arg_types.len() != 7 {
+        if !(7..=8).contains(&arg_types.len()) {
             return plan_err!(
-                "{NAME} takes 7 arguments (utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source), got {}",
+                "{NAME} takes 7 or 8 arguments (utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source [, entry_url]), got {}",
                 arg_types.len()
             );
         }
@@ -202,16 +226,14 @@ impl ScalarUDFImpl for ChannelType {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let lookup = match &self.lookup {
-            Ok(lookup) => lookup,
-            Err(error) => return exec_err!("{NAME}: {error}"),
-        };
+        let config = SessionqlConfig::from_options(&args.config_options);
+        let (lookup, rules) = self.tables.resolve(&config)?;
         let arrays = arrays(&args.args, args.number_rows)?;
-        let columns = (0..7)
+        let columns = (0..arrays.len())
             .map(|index| string_arg(&arrays, index, NAME))
             .collect::<Result<Vec<StringArray>>>()?;
         let value = |column: usize, row: usize| {
-            let array = &columns[column];
+            let array = columns.get(column)?;
             array.is_valid(row).then(|| array.value(row))
         };
         let mut channels = StringBuilder::with_capacity(args.number_rows, args.number_rows * 12);
@@ -224,8 +246,9 @@ impl ScalarUDFImpl for ChannelType {
                 gclid: value(4, row),
                 fbclid: value(5, row),
                 gad_source: value(6, row),
+                entry_url: value(7, row),
             };
-            channels.append_value(classify(lookup, inputs));
+            channels.append_value(classify(&lookup, &rules, inputs));
         }
         Ok(ColumnarValue::Array(Arc::new(channels.finish())))
     }

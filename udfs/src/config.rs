@@ -30,6 +30,12 @@ extensions_options! {
         pub session_max_duration_seconds: u64, default = DEFAULT_MAX_DURATION_SECONDS
         /// Sessions lasting at least this many seconds are never bounces.
         pub bounce_duration_seconds: u64, default = DEFAULT_BOUNCE_DURATION_SECONDS
+        /// Path of a channel table in PostHog's JSON format replacing the
+        /// built-in source and medium lists; empty for the built-in lists.
+        pub channel_definitions: String, default = String::new()
+        /// Path of a JSON list of custom channel rules tried before the
+        /// built-in rules; empty for none.
+        pub channel_rules: String, default = String::new()
     }
 }
 

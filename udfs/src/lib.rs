@@ -14,7 +14,7 @@
 //! | `url_pathname`, `url_hostname` | scalar | §2 URL parts |
 //! | `blank_to_null` | scalar | §2 empty and `'null'` strings |
 //! | `session_is_bounce` | scalar | §3 bounce |
-//! | `channel_type` | scalar | §4 channel type |
+//! | `channel_type`, `referring_domain_type` | scalar | §4 channel type |
 //! | `session_length_bucket`, `session_length_bucket_order` | scalar | §5 buckets |
 //!
 //! Settings (`SET sessionql.session_idle_timeout_seconds = 600`) are read from
@@ -23,9 +23,12 @@
 pub mod args;
 pub mod blank_to_null;
 pub mod channel_lookup;
+pub mod channel_rules;
+pub mod channel_tables;
 pub mod channel_type;
 pub mod config;
 pub mod entry_exit_value;
+pub mod referring_domain_type;
 pub mod session_duration;
 pub mod session_is_bounce;
 pub mod session_length_bucket;
@@ -42,6 +45,7 @@ use datafusion::common::Result;
 use datafusion::execution::FunctionRegistry;
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF, WindowUDF};
 
+pub use channel_tables::{ChannelTableSource, ChannelTables};
 pub use config::SessionqlConfig;
 
 /// Microseconds in a second: `events.timestamp` is in microseconds.
@@ -52,8 +56,9 @@ pub fn timestamp_us_utc() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// Every scalar function of this crate.
-pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
+/// Every scalar function of this crate; the channel functions read
+/// user-supplied tables through `channel_tables`.
+pub fn scalar_udfs(channel_tables: Arc<ChannelTables>) -> Vec<Arc<ScalarUDF>> {
     vec![
         session_uuid::session_uuid_udf(),
         session_duration::session_duration_udf(),
@@ -61,7 +66,8 @@ pub fn scalar_udfs() -> Vec<Arc<ScalarUDF>> {
         url_parts::url_hostname_udf(),
         blank_to_null::blank_to_null_udf(),
         session_is_bounce::session_is_bounce_udf(),
-        channel_type::channel_type_udf(),
+        channel_type::channel_type_udf(Arc::clone(&channel_tables)),
+        referring_domain_type::referring_domain_type_udf(channel_tables),
         session_length_bucket::session_length_bucket_udf(),
         session_length_bucket::session_length_bucket_order_udf(),
     ]
@@ -80,10 +86,20 @@ pub fn window_udfs() -> Vec<Arc<WindowUDF>> {
     vec![session_start::session_start_udwf()]
 }
 
-/// Registers every function of this crate; the one entry point for engines,
-/// schedulers and executors.
+/// Registers every function of this crate, with the built-in channel table
+/// only (a setting naming a channel file is refused).
 pub fn register_all(registry: &mut dyn FunctionRegistry) -> Result<()> {
-    for udf in scalar_udfs() {
+    register_all_with_channel_source(registry, None)
+}
+
+/// Registers every function of this crate; the one entry point for engines,
+/// schedulers and executors. `channel_source` reads the channel files that
+/// `sessionql.channel_definitions` and `sessionql.channel_rules` name.
+pub fn register_all_with_channel_source(
+    registry: &mut dyn FunctionRegistry,
+    channel_source: Option<Arc<dyn ChannelTableSource>>,
+) -> Result<()> {
+    for udf in scalar_udfs(Arc::new(ChannelTables::new(channel_source))) {
         registry.register_udf(udf)?;
     }
     for udaf in aggregate_udfs() {
