@@ -109,12 +109,13 @@ pub async fn run_statements(
         let sets_channel_file = is_set && text.contains("sessionql.channel_");
         let settings_before = SessionqlConfig::from_options(context.state().config().options());
         let mut result = run_statement(context, statement).await;
-        if sets_channel_file && result.is_ok() {
-            if let Err(error) = check_channel_files(context).await {
-                // Keep the session usable: a file that cannot be read is not set.
-                restore_channel_settings(context, &settings_before)?;
-                result = Err(error);
-            }
+        if sets_channel_file
+            && result.is_ok()
+            && let Err(error) = check_channel_files(context).await
+        {
+            // Keep the session usable: a file that cannot be read is not set.
+            restore_channel_settings(context, &settings_before)?;
+            result = Err(error);
         }
         // DataFusion's message for a bad SET value does not name the setting.
         last = Some(result.map_err(|error| match error {

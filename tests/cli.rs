@@ -252,6 +252,44 @@ fn csv_events_load_by_header_name() {
 }
 
 #[test]
+fn channel_files_from_the_command_line() {
+    let rules = "tests/data/channels/rules.json";
+    let output = run(&[
+        "query",
+        "--channel-rules",
+        rules,
+        "--format",
+        "csv",
+        "SELECT channel_type('partner-b', NULL, NULL, NULL, NULL, NULL, NULL) AS channel",
+    ]);
+    assert_eq!(
+        stdout(&output),
+        "channel\nPartners\n",
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(&[
+        "query",
+        "--channel-definitions",
+        "tests/data/channels/malformed_definitions.json",
+        "SELECT 1",
+    ]);
+    assert_clean_failure(
+        &output,
+        &["malformed_definitions.json: row 2: kind must be"],
+    );
+
+    // A bad file given with SET is refused at once and the session keeps the
+    // built-in table.
+    let output = run(&[
+        "query",
+        "SET sessionql.channel_definitions = 'tests/data/channels/missing.json'",
+    ]);
+    assert_clean_failure(&output, &["missing.json"]);
+}
+
+#[test]
 fn bad_input_gives_one_clear_error() {
     let output = run(&["query", "SELEC count(*) FROM sessions"]);
     assert_clean_failure(&output, &["SELEC"]);

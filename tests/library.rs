@@ -197,3 +197,76 @@ async fn json_properties_are_reachable() {
     .await;
     assert!(count > 0);
 }
+
+/// PostHog's own channel table, from the team's shared reference data: loaded
+/// in its format, it must classify the common cases as PostHog does.
+#[tokio::test]
+async fn posthog_channel_definitions_load_when_shared_data_is_present() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/posthog/channel_definitions.json");
+    if !path.exists() {
+        println!(
+            "skipped: {} is absent (the team's shared/ folder is not beside this clone)",
+            path.display()
+        );
+        return;
+    }
+    let engine = Engine::builder()
+        .channel_definitions(&path)
+        .build()
+        .await
+        .unwrap();
+    let (_, batches) = engine
+        .run_statements(
+            "SELECT channel_type(NULL, NULL, NULL, 'www.google.co.uk', NULL, NULL, NULL),
+                    channel_type('com.google.android.gm', NULL, NULL, NULL, NULL, NULL, NULL),
+                    channel_type(NULL, NULL, NULL, 'l.facebook.com', NULL, NULL, NULL),
+                    channel_type('youtube.com', 'cpc', NULL, NULL, NULL, NULL, NULL),
+                    referring_domain_type('www.bing.com')",
+        )
+        .await
+        .unwrap();
+    let row: Vec<String> = batches[0]
+        .columns()
+        .iter()
+        .map(|column| {
+            column
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0)
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        row,
+        [
+            "Organic Search",
+            "Email",
+            "Organic Social",
+            "Paid Video",
+            "Search"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_channel_file_that_cannot_be_read_is_not_set() {
+    let engine = Engine::builder().build().await.unwrap();
+    let error = engine
+        .run_statements("SET sessionql.channel_rules = 'tests/data/channels/missing.json'")
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("missing.json"), "{error}");
+    // The session still answers with the built-in rules.
+    let (_, batches) = engine
+        .run_statements("SELECT channel_type(NULL, NULL, NULL, '$direct', NULL, NULL, NULL)")
+        .await
+        .unwrap();
+    let channel = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(channel.value(0), "Direct");
+}

@@ -52,17 +52,17 @@ impl ChannelTables {
                 Err(error) => return exec_err!("built-in channel table: {error}"),
             }
         } else {
-            self.from_source(|source| source.definitions(&config.channel_definitions))?
+            self.read_from_source(|source| source.definitions(&config.channel_definitions))?
         };
         let rules = if config.channel_rules.is_empty() {
             Arc::clone(&self.no_rules)
         } else {
-            self.from_source(|source| source.rules(&config.channel_rules))?
+            self.read_from_source(|source| source.rules(&config.channel_rules))?
         };
         Ok((lookup, rules))
     }
 
-    fn from_source<T>(
+    fn read_from_source<T>(
         &self,
         read: impl FnOnce(&dyn ChannelTableSource) -> std::result::Result<T, String>,
     ) -> Result<T> {
