@@ -50,6 +50,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Serve the engine over Arrow Flight SQL (loopback by default).
+    Serve {
+        /// Events and session settings.
+        #[command(flatten)]
+        engine: EngineArgs,
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port to bind (0 picks a free one; the bound address is printed).
+        #[arg(long, default_value_t = 50051)]
+        port: u16,
+    },
     /// Generate realistic events (deterministic for a seed) as Parquet.
     Generate {
         /// Number of events.
@@ -177,6 +189,10 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Shell { engine, format } => {
             let engine = engine.build().await?;
             crate::shell::run_shell(&engine, format).await
+        }
+        Command::Serve { engine, host, port } => {
+            let engine = engine.build().await?;
+            crate::flight::serve(engine, std::net::SocketAddr::new(host, port)).await
         }
         Command::Generate {
             events,

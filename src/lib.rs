@@ -12,6 +12,7 @@ pub mod error;
 pub mod event_rows;
 pub mod events_schema;
 pub mod events_table;
+pub mod flight;
 pub mod generate;
 pub mod output;
 pub mod session_views;

@@ -1,0 +1,314 @@
+//! The Flight SQL door, end to end: the real `sessionql serve` on a free
+//! loopback port, and arrow-flight's own Flight SQL client.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{CommandGetDbSchemas, CommandGetTables, SqlInfo};
+use arrow_flight::{FlightInfo, Ticket};
+use datafusion::arrow::array::{AsArray, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+/// u1: pageviews at 00:00, 00:05 (one session of 300 s) and 00:45 (a second,
+/// 0 s); u2: one given session of 20 s.
+const EVENTS: &str = r#"{"uuid": "e1", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:00:00Z", "current_url": "https://a.com/home", "referring_domain": "$direct"}
+{"uuid": "e2", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:05:00Z", "current_url": "https://a.com/pricing"}
+{"uuid": "e3", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:45:00Z", "current_url": "https://a.com/blog"}
+{"uuid": "e4", "event": "$pageview", "distinct_id": "u2", "timestamp": "2024-01-01T01:00:00Z", "session_id": "given-1", "current_url": "https://a.com/"}
+{"uuid": "e5", "event": "$autocapture", "distinct_id": "u2", "timestamp": "2024-01-01T01:00:20Z", "session_id": "given-1"}
+"#;
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    address: String,
+    _directory: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server() -> Server {
+    let directory = tempfile::tempdir().unwrap();
+    let events = directory.path().join("events.ndjson");
+    std::fs::write(&events, EVENTS).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessionql"))
+        .args(["serve", "--port", "0", "--events", events.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(address.starts_with("127.0.0.1:"), "{line}");
+    Server {
+        child,
+        address,
+        _directory: directory,
+    }
+}
+
+async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -> Vec<RecordBatch> {
+    let mut batches = Vec::new();
+    for endpoint in info.endpoint {
+        let ticket: Ticket = endpoint.ticket.unwrap();
+        let stream = client.do_get(ticket).await.unwrap();
+        batches.extend(stream.try_collect::<Vec<_>>().await.unwrap());
+    }
+    batches
+}
+
+async fn query_i64(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<i64> {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
+    fetch(client, info)
+        .await
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn statements_stream_results() {
+    let server = start_server();
+    let mut client = client(&server).await;
+    let durations = query_i64(
+        &mut client,
+        "SELECT session_duration FROM sessions ORDER BY start_timestamp",
+    )
+    .await;
+    assert_eq!(durations, vec![300, 0, 20]);
+    let info = client
+        .execute(
+            "SELECT entry_pathname, channel_type FROM sessions ORDER BY start_timestamp".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let schema = info.clone().try_decode_schema().unwrap();
+    assert_eq!(schema.field(0).name(), "entry_pathname");
+    let batches = fetch(&mut client, info).await;
+    let paths: Vec<String> = batches
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .column(0)
+                .as_string::<i32>()
+                .iter()
+                .map(|value| value.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(paths, ["/home", "/blog", "/"]);
+}
+
+#[tokio::test]
+async fn prepared_statements_bind_parameters_and_are_reusable() {
+    let server = start_server();
+    let mut client = client(&server).await;
+    let mut statement = client
+        .prepare(
+            "SELECT count(*) AS n FROM sessions WHERE session_duration > $1".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(statement.dataset_schema().unwrap().field(0).name(), "n");
+    let bind = |threshold: i64| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![threshold]))],
+        )
+        .unwrap()
+    };
+    // Durations are 300, 0 and 20.
+    for (threshold, expected) in [(10, 2), (100, 1), (1000, 0)] {
+        statement.set_parameters(bind(threshold)).unwrap();
+        let info = statement.execute().await.unwrap();
+        let batches = fetch(&mut client, info.clone()).await;
+        assert_eq!(
+            batches[0].column(0).as_primitive::<Int64Type>().value(0),
+            expected,
+            "threshold {threshold}"
+        );
+        // Executing the same ticket again gives the same answer.
+        let again = fetch(&mut client, info).await;
+        assert_eq!(
+            again[0].column(0).as_primitive::<Int64Type>().value(0),
+            expected
+        );
+    }
+    statement.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn metadata_answers_without_a_catalog() {
+    let server = start_server();
+    let mut client = client(&server).await;
+
+    let info = client.get_catalogs().await.unwrap();
+    let catalogs = fetch(&mut client, info).await;
+    assert_eq!(
+        catalogs[0].column(0).as_string::<i32>().value(0),
+        "datafusion"
+    );
+
+    let info = client
+        .get_db_schemas(CommandGetDbSchemas {
+            catalog: None,
+            db_schema_filter_pattern: None,
+        })
+        .await
+        .unwrap();
+    let schemas = fetch(&mut client, info).await;
+    let names: Vec<&str> = schemas[0]
+        .column(1)
+        .as_string::<i32>()
+        .iter()
+        .map(|name| name.unwrap())
+        .collect();
+    assert!(names.contains(&"public"), "{names:?}");
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: None,
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut client, info).await;
+    let batch = &tables[0];
+    let mut listed: Vec<(String, String)> = (0..batch.num_rows())
+        .filter(|&row| batch.column(1).as_string::<i32>().value(row) == "public")
+        .map(|row| {
+            (
+                batch.column(2).as_string::<i32>().value(row).to_string(),
+                batch.column(3).as_string::<i32>().value(row).to_string(),
+            )
+        })
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            ("events".to_string(), "TABLE".to_string()),
+            ("session_events".to_string(), "VIEW".to_string()),
+            ("sessions".to_string(), "VIEW".to_string()),
+        ]
+    );
+    assert!(
+        batch.column(4).as_binary::<i32>().value(0).len() > 100,
+        "schemas are included"
+    );
+
+    let info = client.get_table_types().await.unwrap();
+    let types = fetch(&mut client, info).await;
+    assert_eq!(types[0].num_rows(), 2);
+
+    let info = client
+        .get_sql_info(vec![
+            SqlInfo::FlightSqlServerName,
+            SqlInfo::SqlIdentifierQuoteChar,
+        ])
+        .await
+        .unwrap();
+    let infos = fetch(&mut client, info).await;
+    assert_eq!(infos[0].num_rows(), 2);
+}
+
+#[tokio::test]
+async fn errors_come_back_and_the_server_keeps_serving() {
+    let server = start_server();
+    let mut client = client(&server).await;
+    let error = client
+        .execute("SELEC 1".into(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("SELEC"), "{error}");
+    let error = client
+        .execute("SELECT * FROM no_such_table".into(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no_such_table"), "{error}");
+    // A ticket that was not issued by this server is refused.
+    let forged = Ticket {
+        ticket: b"SELECT 'forged'".to_vec().into(),
+    };
+    assert!(client.do_get(forged).await.is_err());
+    assert_eq!(
+        query_i64(&mut client, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn settings_apply_to_one_client_only() {
+    let server = start_server();
+    let mut first = client(&server).await;
+    let mut second = client(&server).await;
+    let info = first
+        .execute(
+            "SET sessionql.session_idle_timeout_seconds = 3600".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    fetch(&mut first, info).await;
+    // With a one-hour timeout u1's three pageviews are one session.
+    assert_eq!(
+        query_i64(&mut first, "SELECT count(*) FROM sessions").await,
+        vec![2]
+    );
+    assert_eq!(
+        query_i64(&mut second, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+}
+
+#[tokio::test]
+async fn sixteen_clients_at_once() {
+    let server = start_server();
+    let mut tasks = Vec::new();
+    for index in 0..16i64 {
+        let mut client = client(&server).await;
+        tasks.push(tokio::spawn(async move {
+            let sql = format!("SELECT count(*) + {index} FROM sessions");
+            query_i64(&mut client, &sql).await
+        }));
+    }
+    for (index, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), vec![3 + index as i64]);
+    }
+}
