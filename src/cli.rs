@@ -61,6 +61,12 @@ pub enum Command {
         /// Port to bind (0 picks a free one; the bound address is printed).
         #[arg(long, default_value_t = 50051)]
         port: u16,
+        /// Require this bearer token (or it as the password in the handshake).
+        #[arg(long, value_name = "TOKEN", env = "SESSIONQL_AUTH_TOKEN")]
+        auth_token: Option<String>,
+        /// Require a user from this file (`user:password` per line) in the handshake.
+        #[arg(long, value_name = "FILE")]
+        users_file: Option<PathBuf>,
     },
     /// Generate realistic events (deterministic for a seed) as Parquet.
     Generate {
@@ -190,9 +196,23 @@ async fn execute(cli: Cli) -> Result<()> {
             let engine = engine.build().await?;
             crate::shell::run_shell(&engine, format).await
         }
-        Command::Serve { engine, host, port } => {
+        Command::Serve {
+            engine,
+            host,
+            port,
+            auth_token,
+            users_file,
+        } => {
+            let users = match &users_file {
+                Some(path) => crate::flight::auth::Credentials::read_users_file(path)?,
+                None => Default::default(),
+            };
+            let credentials = crate::flight::auth::Credentials {
+                token: auth_token,
+                users,
+            };
             let engine = engine.build().await?;
-            crate::flight::serve(engine, std::net::SocketAddr::new(host, port)).await
+            crate::flight::serve(engine, std::net::SocketAddr::new(host, port), credentials).await
         }
         Command::Generate {
             events,

@@ -39,11 +39,28 @@ impl Drop for Server {
 }
 
 fn start_server() -> Server {
+    start_server_with(&[])
+}
+
+fn start_server_with(extra_args: &[&str]) -> Server {
     let directory = tempfile::tempdir().unwrap();
     let events = directory.path().join("events.ndjson");
     std::fs::write(&events, EVENTS).unwrap();
+    let users = directory.path().join("users");
+    std::fs::write(&users, "# analysts\nalice:wonderland\n").unwrap();
+    let extra_args: Vec<&str> = extra_args
+        .iter()
+        .map(|argument| {
+            if *argument == "USERS_FILE" {
+                users.to_str().unwrap()
+            } else {
+                argument
+            }
+        })
+        .collect();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sessionql"))
         .args(["serve", "--port", "0", "--events", events.to_str().unwrap()])
+        .args(&extra_args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -311,4 +328,46 @@ async fn sixteen_clients_at_once() {
     for (index, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.await.unwrap(), vec![3 + index as i64]);
     }
+}
+
+#[tokio::test]
+async fn authentication_when_enabled() {
+    let server = start_server_with(&["--auth-token", "s3cret", "--users-file", "USERS_FILE"]);
+
+    // No token: every call is refused.
+    let mut anonymous = client(&server).await;
+    let error = anonymous
+        .execute("SELECT 1".into(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("Unauthenticated") || error.contains("bearer token"),
+        "{error}"
+    );
+    assert!(anonymous.get_catalogs().await.is_err());
+
+    // A wrong password fails the handshake.
+    assert!(anonymous.handshake("alice", "guess").await.is_err());
+
+    // A user from the file exchanges a password for a token.
+    let mut alice = client(&server).await;
+    alice.handshake("alice", "wonderland").await.unwrap();
+    assert_eq!(
+        query_i64(&mut alice, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+
+    // The shared token works directly as a bearer token.
+    let mut service = client(&server).await;
+    service.set_token("s3cret".into());
+    assert_eq!(
+        query_i64(&mut service, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+
+    // A made-up token does not.
+    let mut forger = client(&server).await;
+    forger.set_token("00ff".into());
+    assert!(forger.execute("SELECT 1".into(), None).await.is_err());
 }

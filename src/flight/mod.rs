@@ -10,6 +10,7 @@
 //!   parameters) signed by the server ([`handles`]): the server holds no state
 //!   per statement, and a forged handle is refused.
 
+pub mod auth;
 pub mod handles;
 pub mod sql_info;
 
@@ -32,6 +33,7 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
+use arrow_flight::{HandshakeRequest, HandshakeResponse};
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -46,10 +48,14 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::Engine;
 use crate::error::{Result, SessionqlError};
+use auth::Credentials;
 use handles::{HandleSigner, StatementHandle};
 
 /// Client sessions unused for this long are dropped.
 const SESSION_IDLE_LIMIT: Duration = Duration::from_secs(3600);
+
+type HandshakeStream =
+    Pin<Box<dyn Stream<Item = std::result::Result<HandshakeResponse, Status>> + Send>>;
 
 type DoGetStream =
     Pin<Box<dyn Stream<Item = std::result::Result<arrow_flight::FlightData, Status>> + Send>>;
@@ -57,6 +63,7 @@ type DoGetStream =
 /// The Flight SQL service over one engine.
 pub struct SessionqlFlightService {
     engine: Engine,
+    credentials: Credentials,
     sessions: Mutex<HashMap<String, (SessionContext, Instant)>>,
     signer: HandleSigner,
     sql_info: SqlInfoData,
@@ -120,11 +127,12 @@ fn one_batch_stream(
 
 impl SessionqlFlightService {
     /// A service whose client sessions start as copies of `engine`'s session.
-    pub fn new(engine: Engine) -> Result<Self> {
+    pub fn new(engine: Engine, credentials: Credentials) -> Result<Self> {
         let sql_info = sql_info::sql_info_data()
             .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
         Ok(Self {
             engine,
+            credentials,
             sessions: Mutex::new(HashMap::new()),
             signer: HandleSigner::default(),
             sql_info,
@@ -152,6 +160,10 @@ impl SessionqlFlightService {
         });
         entry.1 = now;
         (client, entry.0.clone())
+    }
+
+    fn authenticate<T>(&self, request: &Request<T>) -> std::result::Result<(), Status> {
+        self.credentials.check(request.metadata(), &self.signer)
     }
 
     fn decode_handle(&self, bytes: &[u8]) -> std::result::Result<StatementHandle, Status> {
@@ -292,11 +304,32 @@ fn parameter_schema(plan: &LogicalPlan) -> std::result::Result<Schema, Status> {
 impl FlightSqlService for SessionqlFlightService {
     type FlightService = SessionqlFlightService;
 
+    async fn do_handshake(
+        &self,
+        request: Request<tonic::Streaming<HandshakeRequest>>,
+    ) -> std::result::Result<Response<HandshakeStream>, Status> {
+        let token = self
+            .credentials
+            .issue_token(request.metadata(), &self.signer)?;
+        let reply = HandshakeResponse {
+            protocol_version: 0,
+            payload: token.clone().into_bytes().into(),
+        };
+        let mut response: Response<HandshakeStream> =
+            Response::new(Box::pin(futures::stream::iter([Ok(reply)])));
+        let header = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| Status::internal("token is not a valid header"))?;
+        response.metadata_mut().insert("authorization", header);
+        Ok(response)
+    }
+
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let handle = StatementHandle {
             sql: query.query,
@@ -319,6 +352,7 @@ impl FlightSqlService for SessionqlFlightService {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let handle = self.decode_handle(&ticket.statement_handle)?;
         let (client, context) = self.session(&request);
         self.execute(client, context, handle).await
@@ -329,6 +363,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let handle = self.decode_handle(&query.prepared_statement_handle)?;
         let (_, context) = self.session(&request);
         let plan = self.plan(&context, &handle).await?;
@@ -345,6 +380,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let handle = self.decode_handle(&query.prepared_statement_handle)?;
         let (client, context) = self.session(&request);
         self.execute(client, context, handle).await
@@ -355,6 +391,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: ActionCreatePreparedStatementRequest,
         request: Request<arrow_flight::Action>,
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
+        self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let handle = StatementHandle {
             sql: query.query,
@@ -373,6 +410,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> std::result::Result<DoPutPreparedStatementResult, Status> {
+        self.authenticate(&request)?;
         let handle = self.decode_handle(&query.prepared_statement_handle)?;
         let data = request
             .into_inner()
@@ -398,8 +436,9 @@ impl FlightSqlService for SessionqlFlightService {
     async fn do_action_close_prepared_statement(
         &self,
         _query: ActionClosePreparedStatementRequest,
-        _request: Request<arrow_flight::Action>,
+        request: Request<arrow_flight::Action>,
     ) -> std::result::Result<(), Status> {
+        self.authenticate(&request)?;
         // Handles carry their statement: nothing is held, so nothing to free.
         Ok(())
     }
@@ -409,6 +448,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(
@@ -423,6 +463,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let mut builder = query.into_builder();
         for catalog in context.catalog_names() {
@@ -437,6 +478,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(
@@ -451,6 +493,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let mut builder = query.into_builder();
         for catalog_name in context.catalog_names() {
@@ -469,6 +512,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(
@@ -483,6 +527,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let mut builder = query.into_builder();
         for catalog_name in context.catalog_names() {
@@ -522,6 +567,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
         Ok(Response::new(flight_info(
@@ -534,8 +580,9 @@ impl FlightSqlService for SessionqlFlightService {
     async fn do_get_table_types(
         &self,
         query: CommandGetTableTypes,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let mut builder = query.into_builder();
         for table_type in ["TABLE", "VIEW"] {
             builder.append(table_type);
@@ -549,6 +596,7 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
         let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder(&self.sql_info).schema();
         Ok(Response::new(flight_info(
@@ -561,8 +609,9 @@ impl FlightSqlService for SessionqlFlightService {
     async fn do_get_sql_info(
         &self,
         query: CommandGetSqlInfo,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
         Ok(Response::new(one_batch_stream(schema, builder.build())))
@@ -573,7 +622,7 @@ impl FlightSqlService for SessionqlFlightService {
 
 /// Serves Flight SQL on `address` until Ctrl-C; prints the bound address on
 /// stdout first (so a caller that asked for port 0 learns the port).
-pub async fn serve(engine: Engine, address: SocketAddr) -> Result<()> {
+pub async fn serve(engine: Engine, address: SocketAddr, credentials: Credentials) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
@@ -582,7 +631,7 @@ pub async fn serve(engine: Engine, address: SocketAddr) -> Result<()> {
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
     println!("sessionql Flight SQL server listening on {bound}");
     tracing::info!(%bound, "Flight SQL server started");
-    let service = FlightServiceServer::new(SessionqlFlightService::new(engine)?);
+    let service = FlightServiceServer::new(SessionqlFlightService::new(engine, credentials)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(service)
