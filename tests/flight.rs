@@ -371,3 +371,80 @@ async fn authentication_when_enabled() {
     forger.set_token("00ff".into());
     assert!(forger.execute("SELECT 1".into(), None).await.is_err());
 }
+
+/// The calls the Arrow Flight SQL JDBC driver makes when a BI tool connects,
+/// browses and runs a query (that driver cannot be installed here): every
+/// query as a prepared statement executed twice, GetTables without a catalog
+/// and with schemas, GetSqlInfo for every code, GetXdbcTypeInfo, and keys.
+#[tokio::test]
+async fn jdbc_driver_call_sequence() {
+    use arrow_flight::sql::{CommandGetPrimaryKeys, CommandGetXdbcTypeInfo};
+
+    let server = start_server();
+    let mut client = client(&server).await;
+
+    let info = client.get_sql_info(vec![]).await.unwrap();
+    let infos = fetch(&mut client, info).await;
+    assert!(
+        infos[0].num_rows() >= 30,
+        "all SqlInfo codes: {}",
+        infos[0].num_rows()
+    );
+
+    let info = client
+        .get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None })
+        .await
+        .unwrap();
+    let types = fetch(&mut client, info).await;
+    let names: Vec<&str> = types[0]
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .map(|name| name.unwrap())
+        .collect();
+    assert!(
+        names.contains(&"VARCHAR") && names.contains(&"TIMESTAMP"),
+        "{names:?}"
+    );
+
+    let info = client
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: Some("%".into()),
+            table_name_filter_pattern: Some("sess%".into()),
+            table_types: vec!["VIEW".into()],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let tables = fetch(&mut client, info).await;
+    let names: Vec<&str> = tables[0]
+        .column(2)
+        .as_string::<i32>()
+        .iter()
+        .map(|name| name.unwrap())
+        .collect();
+    assert_eq!(names, ["session_events", "sessions"]);
+
+    let info = client
+        .get_primary_keys(CommandGetPrimaryKeys {
+            catalog: None,
+            db_schema: None,
+            table: "sessions".into(),
+        })
+        .await
+        .unwrap();
+    let keys = fetch(&mut client, info).await;
+    assert_eq!(keys.iter().map(RecordBatch::num_rows).sum::<usize>(), 0);
+
+    let mut statement = client
+        .prepare("SELECT count(*) AS sessions FROM sessions".into(), None)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let info = statement.execute().await.unwrap();
+        let batches = fetch(&mut client, info).await;
+        assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 3);
+    }
+    statement.close().await.unwrap();
+}

@@ -11,6 +11,7 @@
 //!   per statement, and a forged handle is refused.
 
 pub mod auth;
+pub mod catalog_info;
 pub mod handles;
 pub mod sql_info;
 
@@ -23,14 +24,15 @@ use std::time::{Duration, Instant};
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::sql::metadata::SqlInfoData;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest,
-    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetDbSchemas,
-    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandPreparedStatementQuery,
-    CommandStatementQuery, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
-    TicketStatementQuery,
+    ActionCreatePreparedStatementResult, CommandGetCatalogs, CommandGetCrossReference,
+    CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+    CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables, CommandGetXdbcTypeInfo,
+    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
+    ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket};
 use arrow_flight::{HandshakeRequest, HandshakeResponse};
@@ -67,6 +69,7 @@ pub struct SessionqlFlightService {
     sessions: Mutex<HashMap<String, (SessionContext, Instant)>>,
     signer: HandleSigner,
     sql_info: SqlInfoData,
+    xdbc_types: XdbcTypeInfoData,
 }
 
 impl std::fmt::Debug for SessionqlFlightService {
@@ -125,12 +128,20 @@ fn one_batch_stream(
     )
 }
 
+fn empty_stream(schema: SchemaRef) -> DoGetStream {
+    let empty = RecordBatch::new_empty(Arc::clone(&schema));
+    one_batch_stream(schema, Ok(empty))
+}
+
 impl SessionqlFlightService {
     /// A service whose client sessions start as copies of `engine`'s session.
     pub fn new(engine: Engine, credentials: Credentials) -> Result<Self> {
         let sql_info = sql_info::sql_info_data()
             .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
+        let xdbc_types = catalog_info::xdbc_type_info()
+            .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
         Ok(Self {
+            xdbc_types,
             engine,
             credentials,
             sessions: Mutex::new(HashMap::new()),
@@ -615,6 +626,136 @@ impl FlightSqlService for SessionqlFlightService {
         let builder = query.into_builder(&self.sql_info);
         let schema = builder.schema();
         Ok(Response::new(one_batch_stream(schema, builder.build())))
+    }
+
+    async fn get_flight_info_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let schema = query.into_builder(&self.xdbc_types).schema();
+        Ok(Response::new(flight_info(
+            &schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
+    async fn do_get_xdbc_type_info(
+        &self,
+        query: CommandGetXdbcTypeInfo,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        let builder = query.into_builder(&self.xdbc_types);
+        let schema = builder.schema();
+        Ok(Response::new(one_batch_stream(schema, builder.build())))
+    }
+
+    async fn get_flight_info_primary_keys(
+        &self,
+        query: CommandGetPrimaryKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let info = flight_info(
+            &catalog_info::primary_keys_schema(),
+            ticket,
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_primary_keys(
+        &self,
+        _query: CommandGetPrimaryKeys,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Ok(Response::new(empty_stream(
+            catalog_info::primary_keys_schema(),
+        )))
+    }
+
+    async fn get_flight_info_exported_keys(
+        &self,
+        query: CommandGetExportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let info = flight_info(
+            &catalog_info::foreign_keys_schema(),
+            ticket,
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_exported_keys(
+        &self,
+        _query: CommandGetExportedKeys,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Ok(Response::new(empty_stream(
+            catalog_info::foreign_keys_schema(),
+        )))
+    }
+
+    async fn get_flight_info_imported_keys(
+        &self,
+        query: CommandGetImportedKeys,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let info = flight_info(
+            &catalog_info::foreign_keys_schema(),
+            ticket,
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_imported_keys(
+        &self,
+        _query: CommandGetImportedKeys,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Ok(Response::new(empty_stream(
+            catalog_info::foreign_keys_schema(),
+        )))
+    }
+
+    async fn get_flight_info_cross_reference(
+        &self,
+        query: CommandGetCrossReference,
+        request: Request<FlightDescriptor>,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = query.as_any().encode_to_vec();
+        let info = flight_info(
+            &catalog_info::foreign_keys_schema(),
+            ticket,
+            request.into_inner(),
+        )?;
+        Ok(Response::new(info))
+    }
+
+    async fn do_get_cross_reference(
+        &self,
+        _query: CommandGetCrossReference,
+        request: Request<Ticket>,
+    ) -> std::result::Result<Response<DoGetStream>, Status> {
+        self.authenticate(&request)?;
+        Ok(Response::new(empty_stream(
+            catalog_info::foreign_keys_schema(),
+        )))
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
