@@ -67,6 +67,9 @@ pub enum Command {
         /// Require a user from this file (`user:password` per line) in the handshake.
         #[arg(long, value_name = "FILE")]
         users_file: Option<PathBuf>,
+        /// Most memory one query may use, in MiB; a query needing more fails cleanly.
+        #[arg(long, value_name = "MIB")]
+        query_memory_limit_mb: Option<usize>,
     },
     /// Generate realistic events (deterministic for a seed) as Parquet.
     Generate {
@@ -202,17 +205,22 @@ async fn execute(cli: Cli) -> Result<()> {
             port,
             auth_token,
             users_file,
+            query_memory_limit_mb,
         } => {
             let users = match &users_file {
                 Some(path) => crate::flight::auth::Credentials::read_users_file(path)?,
                 None => Default::default(),
             };
-            let credentials = crate::flight::auth::Credentials {
-                token: auth_token,
-                users,
+            let options = crate::flight::ServeOptions {
+                credentials: crate::flight::auth::Credentials {
+                    token: auth_token,
+                    users,
+                },
+                query_memory_limit: query_memory_limit_mb
+                    .map(|mib| mib.saturating_mul(1024 * 1024)),
             };
             let engine = engine.build().await?;
-            crate::flight::serve(engine, std::net::SocketAddr::new(host, port), credentials).await
+            crate::flight::serve(engine, std::net::SocketAddr::new(host, port), options).await
         }
         Command::Generate {
             events,

@@ -448,3 +448,28 @@ async fn jdbc_driver_call_sequence() {
     }
     statement.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_query_over_its_memory_limit_fails_cleanly() {
+    let server = start_server_with(&["--query-memory-limit-mb", "32"]);
+    let mut client = client(&server).await;
+    // 10 million values in one list (80 MB) cannot spill to disk.
+    let heavy = "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)";
+    let info = client.execute(heavy.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let outcome = match client.do_get(ticket).await {
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    };
+    let error = outcome.unwrap_err();
+    assert!(error.contains("Resources exhausted"), "{error}");
+    // The server, and this client, go on.
+    assert_eq!(
+        query_i64(&mut client, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+}

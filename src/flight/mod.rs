@@ -42,6 +42,8 @@ use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -65,6 +67,8 @@ type DoGetStream =
 /// The Flight SQL service over one engine.
 pub struct SessionqlFlightService {
     engine: Engine,
+    /// Most memory one query may hold (DataFusion's memory pool); `None` for no limit.
+    query_memory_limit: Option<usize>,
     credentials: Credentials,
     sessions: Mutex<HashMap<String, (SessionContext, Instant)>>,
     signer: HandleSigner,
@@ -135,13 +139,18 @@ fn empty_stream(schema: SchemaRef) -> DoGetStream {
 
 impl SessionqlFlightService {
     /// A service whose client sessions start as copies of `engine`'s session.
-    pub fn new(engine: Engine, credentials: Credentials) -> Result<Self> {
+    pub fn new(engine: Engine, options: ServeOptions) -> Result<Self> {
+        let ServeOptions {
+            credentials,
+            query_memory_limit,
+        } = options;
         let sql_info = sql_info::sql_info_data()
             .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
         let xdbc_types = catalog_info::xdbc_type_info()
             .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
         Ok(Self {
             xdbc_types,
+            query_memory_limit,
             engine,
             credentials,
             sessions: Mutex::new(HashMap::new()),
@@ -171,6 +180,27 @@ impl SessionqlFlightService {
         });
         entry.1 = now;
         (client, entry.0.clone())
+    }
+
+    /// A copy of the client's session whose runtime has its own memory pool
+    /// of the configured size, so one huge query fails cleanly with
+    /// "Resources exhausted" instead of taking the server's memory.
+    fn with_query_memory_limit(
+        &self,
+        context: SessionContext,
+    ) -> std::result::Result<SessionContext, Status> {
+        let Some(limit) = self.query_memory_limit else {
+            return Ok(context);
+        };
+        let state = context.state();
+        let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+            .with_memory_limit(limit, 1.0)
+            .build_arc()
+            .map_err(status)?;
+        let state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
     }
 
     fn authenticate<T>(&self, request: &Request<T>) -> std::result::Result<(), Status> {
@@ -208,6 +238,7 @@ impl SessionqlFlightService {
         handle: StatementHandle,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
+        let context = self.with_query_memory_limit(context)?;
         let plan = self.plan(&context, &handle).await?;
         let frame: DataFrame = context.execute_logical_plan(plan).await.map_err(status)?;
         let schema: SchemaRef = Arc::clone(frame.schema().inner());
@@ -761,9 +792,18 @@ impl FlightSqlService for SessionqlFlightService {
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
 }
 
+/// How the server runs, beyond the engine.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Who may call (nobody is asked when empty).
+    pub credentials: Credentials,
+    /// Most memory one query may hold, in bytes.
+    pub query_memory_limit: Option<usize>,
+}
+
 /// Serves Flight SQL on `address` until Ctrl-C; prints the bound address on
 /// stdout first (so a caller that asked for port 0 learns the port).
-pub async fn serve(engine: Engine, address: SocketAddr, credentials: Credentials) -> Result<()> {
+pub async fn serve(engine: Engine, address: SocketAddr, options: ServeOptions) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
@@ -772,7 +812,7 @@ pub async fn serve(engine: Engine, address: SocketAddr, credentials: Credentials
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
     println!("sessionql Flight SQL server listening on {bound}");
     tracing::info!(%bound, "Flight SQL server started");
-    let service = FlightServiceServer::new(SessionqlFlightService::new(engine, credentials)?);
+    let service = FlightServiceServer::new(SessionqlFlightService::new(engine, options)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(service)
