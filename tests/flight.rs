@@ -473,3 +473,103 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
         vec![3]
     );
 }
+
+/// A Python virtualenv with the ADBC Flight SQL driver and pyarrow, made in
+/// the build directory the first time (pip from the package registry).
+fn python_with_adbc() -> std::path::PathBuf {
+    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("adbc-venv");
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !ready {
+        let created = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap();
+        assert!(created.success(), "python3 -m venv failed");
+        let installed = Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "adbc-driver-flightsql", "pyarrow"])
+            .status()
+            .unwrap();
+        assert!(
+            installed.success(),
+            "pip install adbc-driver-flightsql pyarrow failed"
+        );
+    }
+    python
+}
+
+/// Runs the CLI on the sample and returns its CSV rows.
+fn cli_rows(sql: &str) -> Vec<Vec<String>> {
+    let output = Command::new(env!("CARGO_BIN_EXE_sessionql"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["query", "--format", "csv", sql])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+#[tokio::test]
+async fn python_adbc_client_sees_what_the_cli_sees() {
+    let python = python_with_adbc();
+    // The server on the shipped sample, like the CLI.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessionql"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["serve", "--port", "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    let output = Command::new(python)
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/python/adbc_client.py"
+        ))
+        .arg(&address)
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    let channels = cli_rows(
+        "SELECT channel_type, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 2 DESC, 1",
+    );
+    let expected: Vec<serde_json::Value> = channels
+        .iter()
+        .map(|row| serde_json::json!([row[0], row[1].parse::<i64>().unwrap()]))
+        .collect();
+    assert_eq!(seen["channels"], serde_json::Value::Array(expected));
+
+    let longer = cli_rows("SELECT count(*) FROM sessions WHERE session_duration > 10");
+    assert_eq!(
+        seen["longer_than_10s"],
+        longer[0][0].parse::<i64>().unwrap()
+    );
+
+    assert_eq!(seen["tables"]["sessions"].as_array().unwrap().len(), 30);
+    assert_eq!(seen["tables"]["events"].as_array().unwrap().len(), 20);
+    assert_eq!(
+        seen["tables"]["session_events"].as_array().unwrap().len(),
+        20
+    );
+    assert_eq!(seen["tables"]["sessions"][0], "session_id");
+}

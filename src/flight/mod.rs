@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod catalog_info;
 pub mod handles;
+pub mod placeholders;
 pub mod sql_info;
 
 use std::collections::HashMap;
@@ -374,7 +375,7 @@ impl FlightSqlService for SessionqlFlightService {
         self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let handle = StatementHandle {
-            sql: query.query,
+            sql: placeholders::number_question_marks(&query.query),
             parameters: Vec::new(),
         };
         let plan = self.plan(&context, &handle).await?;
@@ -436,7 +437,7 @@ impl FlightSqlService for SessionqlFlightService {
         self.authenticate(&request)?;
         let (_, context) = self.session(&request);
         let handle = StatementHandle {
-            sql: query.query,
+            sql: placeholders::number_question_marks(&query.query),
             parameters: Vec::new(),
         };
         let plan = self.plan(&context, &handle).await?;
