@@ -70,6 +70,12 @@ pub enum Command {
         /// Most memory one query may use, in MiB; a query needing more fails cleanly.
         #[arg(long, value_name = "MIB")]
         query_memory_limit_mb: Option<usize>,
+        /// Serve over TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Generate realistic events (deterministic for a seed) as Parquet.
     Generate {
@@ -206,6 +212,8 @@ async fn execute(cli: Cli) -> Result<()> {
             auth_token,
             users_file,
             query_memory_limit_mb,
+            tls_cert,
+            tls_key,
         } => {
             let users = match &users_file {
                 Some(path) => crate::flight::auth::Credentials::read_users_file(path)?,
@@ -218,6 +226,9 @@ async fn execute(cli: Cli) -> Result<()> {
                 },
                 query_memory_limit: query_memory_limit_mb
                     .map(|mib| mib.saturating_mul(1024 * 1024)),
+                tls: tls_cert
+                    .zip(tls_key)
+                    .map(|(certificate, key)| crate::flight::TlsFiles { certificate, key }),
             };
             let engine = engine.build().await?;
             crate::flight::serve(engine, std::net::SocketAddr::new(host, port), options).await

@@ -573,3 +573,105 @@ async fn python_adbc_client_sees_what_the_cli_sees() {
     );
     assert_eq!(seen["tables"]["sessions"][0], "session_id");
 }
+
+#[tokio::test]
+async fn tls_with_a_certificate_from_a_test_ca() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+
+    // A test CA and a server certificate it signs (rustls refuses a
+    // self-signed CA certificate used as the server's own).
+    let directory = tempfile::tempdir().unwrap();
+    let path = |name: &str| directory.path().join(name).to_str().unwrap().to_string();
+    let (ca_key, ca, key, request, certificate, extensions) = (
+        path("ca.key"),
+        path("ca.pem"),
+        path("key.pem"),
+        path("server.csr"),
+        path("cert.pem"),
+        path("ext.cnf"),
+    );
+    std::fs::write(
+        &extensions,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sessionql test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &request,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &request,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &extensions,
+        "-out",
+        &certificate,
+    ]);
+    let server = start_server_with(&["--tls-cert", &certificate, "--tls-key", &key]);
+    let port = server.address.rsplit(':').next().unwrap();
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(std::fs::read(&ca).unwrap()))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://localhost:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = FlightSqlServiceClient::new(channel);
+    assert_eq!(
+        query_i64(&mut client, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+
+    // A plain-text client cannot talk to it.
+    let plain = Channel::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut plain = FlightSqlServiceClient::new(plain);
+        assert!(plain.execute("SELECT 1".into(), None).await.is_err());
+    }
+}

@@ -144,6 +144,7 @@ impl SessionqlFlightService {
         let ServeOptions {
             credentials,
             query_memory_limit,
+            ..
         } = options;
         let sql_info = sql_info::sql_info_data()
             .map_err(|error| SessionqlError::Invalid(error.to_string()))?;
@@ -800,11 +801,40 @@ pub struct ServeOptions {
     pub credentials: Credentials,
     /// Most memory one query may hold, in bytes.
     pub query_memory_limit: Option<usize>,
+    /// PEM certificate chain and private key: serve over TLS.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files that turn on TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain (PEM).
+    pub certificate: std::path::PathBuf,
+    /// Private key (PEM).
+    pub key: std::path::PathBuf,
+}
+
+fn tls_config(files: &TlsFiles) -> Result<tonic::transport::ServerTlsConfig> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| SessionqlError::EventsPath {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&files.certificate)?, read(&files.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 /// Serves Flight SQL on `address` until Ctrl-C; prints the bound address on
 /// stdout first (so a caller that asked for port 0 learns the port).
 pub async fn serve(engine: Engine, address: SocketAddr, options: ServeOptions) -> Result<()> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(files) = &options.tls {
+        builder = builder
+            .tls_config(tls_config(files)?)
+            .map_err(|error| SessionqlError::Invalid(format!("TLS: {error}")))?;
+    }
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
@@ -815,7 +845,7 @@ pub async fn serve(engine: Engine, address: SocketAddr, options: ServeOptions) -
     tracing::info!(%bound, "Flight SQL server started");
     let service = FlightServiceServer::new(SessionqlFlightService::new(engine, options)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, async {
             let _ = tokio::signal::ctrl_c().await;
