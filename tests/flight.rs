@@ -28,6 +28,8 @@ const EVENTS: &str = r#"{"uuid": "e1", "event": "$pageview", "distinct_id": "u1"
 struct Server {
     child: Child,
     address: String,
+    /// The server's stderr (its log), written to a file.
+    log: std::path::PathBuf,
     _directory: tempfile::TempDir,
 }
 
@@ -58,11 +60,12 @@ fn start_server_with(extra_args: &[&str]) -> Server {
             }
         })
         .collect();
+    let log = directory.path().join("server.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sessionql"))
         .args(["serve", "--port", "0", "--events", events.to_str().unwrap()])
         .args(&extra_args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -74,6 +77,7 @@ fn start_server_with(extra_args: &[&str]) -> Server {
     Server {
         child,
         address,
+        log,
         _directory: directory,
     }
 }
@@ -526,6 +530,7 @@ async fn python_adbc_client_sees_what_the_cli_sees() {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["serve", "--port", "0"])
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -674,4 +679,42 @@ async fn tls_with_a_certificate_from_a_test_ca() {
         let mut plain = FlightSqlServiceClient::new(plain);
         assert!(plain.execute("SELECT 1".into(), None).await.is_err());
     }
+}
+
+#[tokio::test]
+async fn a_client_that_drops_its_stream_cancels_the_query() {
+    let server = start_server();
+    let mut client = client(&server).await;
+    // Long enough to still be running when the client gives up.
+    let heavy = "SELECT count(*) FROM generate_series(1, 5000000000) WHERE value % 7 = 3";
+    let info = client.execute(heavy.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let stream = client.do_get(ticket).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(stream);
+    // The server logs the query as ended (0 rows) well before it could have finished.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+        if log
+            .lines()
+            .any(|line| line.contains("rows=0") && line.contains("5000000000"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line for the cancelled query:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        query_i64(&mut client, "SELECT count(*) FROM sessions").await,
+        vec![3]
+    );
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    assert!(
+        log.contains("client=127.0.0.1:") && log.contains("duration_ms="),
+        "{log}"
+    );
 }
