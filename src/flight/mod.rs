@@ -205,6 +205,23 @@ impl SessionqlFlightService {
         Ok(SessionContext::new_with_state(state))
     }
 
+    /// The FlightInfo of a metadata command: its result schema and a ticket
+    /// that is the command itself (DoGet answers it from the catalog).
+    fn command_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        command: &impl ProstMessageExt,
+        schema: &Schema,
+    ) -> std::result::Result<Response<FlightInfo>, Status> {
+        self.authenticate(&request)?;
+        let ticket = command.as_any().encode_to_vec();
+        Ok(Response::new(flight_info(
+            schema,
+            ticket,
+            request.into_inner(),
+        )?))
+    }
+
     fn authenticate<T>(&self, request: &Request<T>) -> std::result::Result<(), Status> {
         self.credentials.check(request.metadata(), &self.signer)
     }
@@ -492,14 +509,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_catalogs(
@@ -522,14 +533,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        let schema = query.clone().into_builder().schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_schemas(
@@ -556,14 +561,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        let schema = query.clone().into_builder().schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_tables(
@@ -611,14 +610,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder().schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_table_types(
@@ -640,14 +633,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let schema = query.into_builder(&self.sql_info).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        let schema = query.clone().into_builder(&self.sql_info).schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_sql_info(
@@ -666,14 +653,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetXdbcTypeInfo,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
         let schema = query.into_builder(&self.xdbc_types).schema();
-        Ok(Response::new(flight_info(
-            &schema,
-            ticket,
-            request.into_inner(),
-        )?))
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_xdbc_type_info(
@@ -692,14 +673,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let info = flight_info(
-            &catalog_info::primary_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        let schema = catalog_info::primary_keys_schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_primary_keys(
@@ -718,14 +693,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let info = flight_info(
-            &catalog_info::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        let schema = catalog_info::foreign_keys_schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_exported_keys(
@@ -744,14 +713,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let info = flight_info(
-            &catalog_info::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        let schema = catalog_info::foreign_keys_schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_imported_keys(
@@ -770,14 +733,8 @@ impl FlightSqlService for SessionqlFlightService {
         query: CommandGetCrossReference,
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
-        self.authenticate(&request)?;
-        let ticket = query.as_any().encode_to_vec();
-        let info = flight_info(
-            &catalog_info::foreign_keys_schema(),
-            ticket,
-            request.into_inner(),
-        )?;
-        Ok(Response::new(info))
+        let schema = catalog_info::foreign_keys_schema();
+        self.command_info(request, &query, &schema)
     }
 
     async fn do_get_cross_reference(
