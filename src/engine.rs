@@ -106,15 +106,15 @@ pub async fn run_statements(
             .trim_start()
             .get(..4)
             .is_some_and(|start| start.eq_ignore_ascii_case("SET "));
-        let sets_channel_file = is_set && text.contains("sessionql.channel_");
-        let settings_before = SessionqlConfig::from_options(context.state().config().options());
+        let settings_before =
+            (is_set && text.contains("sessionql.channel_")).then(|| current_settings(context));
         let mut result = run_statement(context, statement).await;
-        if sets_channel_file
+        if let Some(before) = settings_before
             && result.is_ok()
             && let Err(error) = check_channel_files(context).await
         {
             // Keep the session usable: a file that cannot be read is not set.
-            restore_channel_settings(context, &settings_before)?;
+            restore_channel_settings(context, &before)?;
             result = Err(error);
         }
         // DataFusion's message for a bad SET value does not name the setting.
@@ -126,6 +126,10 @@ pub async fn run_statements(
         })?);
     }
     last.ok_or_else(|| SessionqlError::Invalid("no SQL statement given".into()))
+}
+
+fn current_settings(context: &SessionContext) -> SessionqlConfig {
+    SessionqlConfig::from_options(context.state_ref().read().config().options())
 }
 
 fn restore_channel_settings(context: &SessionContext, before: &SessionqlConfig) -> Result<()> {
@@ -140,7 +144,7 @@ fn restore_channel_settings(context: &SessionContext, before: &SessionqlConfig) 
 /// Reads the channel files the session's settings name, so a missing or
 /// malformed file is reported when it is set, not at the first query.
 async fn check_channel_files(context: &SessionContext) -> Result<()> {
-    let settings = SessionqlConfig::from_options(context.state().config().options());
+    let settings = current_settings(context);
     if settings.channel_definitions.is_empty() && settings.channel_rules.is_empty() {
         return Ok(());
     }
