@@ -77,6 +77,12 @@ pub enum Command {
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
     },
+    /// Measure speed (printed, never asserted).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
     /// Generate realistic events (deterministic for a seed) as Parquet.
     Generate {
         /// Number of events.
@@ -97,6 +103,20 @@ pub enum Command {
         /// Most events per file.
         #[arg(long, default_value_t = 1_000_000)]
         events_per_file: usize,
+    },
+}
+
+/// The benchmarks of `sessionql bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchSuite {
+    /// `channel_type` over synthetic rows covering every rule family.
+    ChannelType {
+        /// Rows to classify.
+        #[arg(long, default_value_t = 10_000_000)]
+        rows: u64,
+        /// Runs of each query; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -233,6 +253,9 @@ async fn execute(cli: Cli) -> Result<()> {
             let engine = engine.build().await?;
             crate::flight::serve(engine, std::net::SocketAddr::new(host, port), options).await
         }
+        Command::Bench {
+            suite: BenchSuite::ChannelType { rows, runs },
+        } => crate::bench::bench_channel_type(rows, runs).await,
         Command::Generate {
             events,
             out,

@@ -5,6 +5,7 @@
 //! `session_events` relations, and every sessionql function. The CLI (and any
 //! server) is a thin door over it.
 
+pub mod bench;
 pub mod channel_files;
 pub mod cli;
 pub mod engine;

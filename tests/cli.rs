@@ -513,3 +513,15 @@ fn the_committed_sample_is_what_the_generator_makes() {
         "data/sample differs from `sessionql generate --events 30000 --seed 42`"
     );
 }
+
+#[test]
+fn channel_type_benchmark_runs_and_reports() {
+    let output = run(&["bench", "channel-type", "--rows", "20000", "--runs", "1"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(text.starts_with("channel_type over 20000 rows"), "{text}");
+    assert!(
+        text.contains("rows/s") && text.contains("peak memory"),
+        "{text}"
+    );
+}
