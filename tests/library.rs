@@ -218,7 +218,14 @@ async fn posthog_channel_definitions_load_when_shared_data_is_present() {
         .await
         .unwrap();
     // (utm_source, utm_medium, referring_domain, gclid) → channel
-    let cases: [(Option<&str>, Option<&str>, Option<&str>, Option<&str>, &str); 30] = [
+    type Case = (
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+        Option<&'static str>,
+        &'static str,
+    );
+    let cases: [Case; 30] = [
         (None, None, Some("www.baidu.com"), None, "Organic Search"),
         (None, None, Some("duckduckgo.com"), None, "Organic Search"),
         (None, None, Some("www.ecosia.org"), None, "Organic Search"),
