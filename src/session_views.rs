@@ -89,15 +89,15 @@ FROM (
         entry_value(blank_to_null(gclid), is_page, timestamp, uuid) AS entry_gclid,
         entry_value(blank_to_null(gad_source), is_page, timestamp, uuid) AS entry_gad_source,
         entry_value(blank_to_null(fbclid), is_page, timestamp, uuid) AS entry_fbclid,
-        count(DISTINCT uuid) FILTER (WHERE event = '$pageview') AS pageview_count,
-        count(DISTINCT uuid) FILTER (WHERE event = '$autocapture') AS autocapture_count,
-        count(DISTINCT uuid) FILTER (WHERE event = '$screen') AS screen_count,
-        count(DISTINCT uuid) AS event_count,
+        count_distinct_where(uuid, event = '$pageview') AS pageview_count,
+        count_distinct_where(uuid, event = '$autocapture') AS autocapture_count,
+        count_distinct_where(uuid, event = '$screen') AS screen_count,
+        count_distinct_where(uuid, true) AS event_count,
         coalesce(
             array_sort(array_agg(DISTINCT current_url) FILTER (WHERE is_page AND current_url IS NOT NULL)),
             arrow_cast(make_array(), 'List(Utf8)')
         ) AS urls,
-        count(DISTINCT current_url) FILTER (WHERE is_page) AS num_uniq_urls,
+        count_distinct_where(current_url, is_page) AS num_uniq_urls,
         exit_value(external_click_url, false, timestamp, uuid) AS last_external_click_url,
         bool_or(event = '$autocapture') AS has_autocapture,
         entry_value(
