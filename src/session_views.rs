@@ -93,10 +93,7 @@ FROM (
         count_distinct_where(uuid, event = '$autocapture') AS autocapture_count,
         count_distinct_where(uuid, event = '$screen') AS screen_count,
         count_distinct_where(uuid, true) AS event_count,
-        coalesce(
-            array_sort(array_agg(DISTINCT current_url) FILTER (WHERE is_page AND current_url IS NOT NULL)),
-            arrow_cast(make_array(), 'List(Utf8)')
-        ) AS urls,
+        distinct_strings_where(current_url, is_page) AS urls,
         count_distinct_where(current_url, is_page) AS num_uniq_urls,
         exit_value(external_click_url, false, timestamp, uuid) AS last_external_click_url,
         bool_or(event = '$autocapture') AS has_autocapture,

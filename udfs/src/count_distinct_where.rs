@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
+use crate::dedup_groups::DedupGroups;
 use crate::stable_hash::stable_hash64;
 
 const NAME: &str = "count_distinct_where";
@@ -126,34 +127,47 @@ impl AggregateUDFImpl for CountDistinctWhere {
     }
 }
 
-/// Per group, the hashes of its qualifying values (with repeats until counted).
-#[derive(Debug, Default)]
+/// Calls `add(group, value)` for each input row whose condition is true, whose
+/// value is not null and which `opt_filter` keeps: the rows both distinct
+/// aggregates count.
+pub fn for_each_qualifying_row(
+    values: &[ArrayRef],
+    group_indices: &[usize],
+    opt_filter: Option<&BooleanArray>,
+    function: &str,
+    mut add: impl FnMut(usize, &str),
+) -> Result<()> {
+    let [strings, conditions] = values else {
+        return exec_err!("{function}: expected 2 input columns, got {}", values.len());
+    };
+    let strings = as_string_array(strings)?;
+    let conditions = as_boolean_array(conditions)?;
+    for (row, &group) in group_indices.iter().enumerate() {
+        let filtered_out =
+            opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
+        let qualifies = conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
+        if qualifies && !filtered_out {
+            add(group, strings.value(row));
+        }
+    }
+    Ok(())
+}
+
+/// Per group, the hashes of its qualifying values.
+#[derive(Debug)]
 struct HashGroups {
-    hashes: Vec<Vec<u64>>,
-    stored: usize,
+    hashes: DedupGroups<u64>,
+}
+
+impl Default for HashGroups {
+    fn default() -> Self {
+        Self {
+            hashes: DedupGroups::new(|_| 0),
+        }
+    }
 }
 
 impl HashGroups {
-    fn grow(&mut self, total_num_groups: usize) {
-        if self.hashes.len() < total_num_groups {
-            self.hashes.resize_with(total_num_groups, Vec::new);
-        }
-    }
-
-    fn add(&mut self, group: usize, hash: u64) {
-        let hashes = &mut self.hashes[group];
-        // Keep a busy group small: deduplicate when it doubles.
-        if hashes.len() >= 64 && hashes.len() == hashes.capacity() {
-            let before = hashes.len();
-            hashes.sort_unstable();
-            hashes.dedup();
-            self.stored -= before - hashes.len();
-        }
-        hashes.push(hash);
-        self.stored += 1;
-    }
-
-    /// Folds input rows: (value, condition).
     fn fold_rows(
         &mut self,
         values: &[ArrayRef],
@@ -161,25 +175,11 @@ impl HashGroups {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        let [strings, conditions] = values else {
-            return exec_err!("{NAME}: expected 2 input columns, got {}", values.len());
-        };
-        let strings = as_string_array(strings)?;
-        let conditions = as_boolean_array(conditions)?;
-        self.grow(total_num_groups);
-        for (row, &group) in group_indices.iter().enumerate() {
-            let filtered_out =
-                opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
-            let qualifies =
-                conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
-            if qualifies && !filtered_out {
-                self.add(
-                    group,
-                    stable_hash64(HASH_SEED, strings.value(row).as_bytes()),
-                );
-            }
-        }
-        Ok(())
+        self.hashes.grow(total_num_groups);
+        let hashes = &mut self.hashes;
+        for_each_qualifying_row(values, group_indices, opt_filter, NAME, |group, value| {
+            hashes.add(group, stable_hash64(HASH_SEED, value.as_bytes()));
+        })
     }
 
     /// Folds partial states: one list of hashes per row.
@@ -193,29 +193,21 @@ impl HashGroups {
             return exec_err!("{NAME}: missing state column");
         };
         let lists = as_list_array(lists)?;
-        self.grow(total_num_groups);
+        self.hashes.grow(total_num_groups);
         for (row, &group) in group_indices.iter().enumerate() {
             if lists.is_null(row) {
                 continue;
             }
             let list = lists.value(row);
             for hash in as_uint64_array(&list)?.values() {
-                self.add(group, *hash);
+                self.hashes.add(group, *hash);
             }
         }
         Ok(())
     }
-
-    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<u64>> {
-        let taken = emit_to.take_needed(&mut self.hashes);
-        self.stored -= taken.iter().map(Vec::len).sum::<usize>().min(self.stored);
-        taken
-    }
 }
 
-fn distinct_count(mut hashes: Vec<u64>) -> i64 {
-    hashes.sort_unstable();
-    hashes.dedup();
+fn distinct_count(hashes: &[u64]) -> i64 {
     i64::try_from(hashes.len()).unwrap_or(i64::MAX)
 }
 
@@ -245,16 +237,16 @@ impl GroupsAccumulator for HashGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let counts: Int64Array = self
+            .hashes
             .take(emit_to)
-            .into_iter()
+            .iter()
             .map(|hashes| Some(distinct_count(hashes)))
             .collect();
         Ok(Arc::new(counts))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        let groups = self.take(emit_to);
-        Ok(vec![hashes_to_list(groups)?])
+        Ok(vec![hashes_to_list(self.hashes.take(emit_to))?])
     }
 
     fn merge_batch(
@@ -267,7 +259,7 @@ impl GroupsAccumulator for HashGroups {
     }
 
     fn size(&self) -> usize {
-        self.hashes.capacity() * size_of::<Vec<u64>>() + self.stored * size_of::<u64>()
+        self.hashes.size()
     }
 
     /// Each input row as a state row: a list of its one hash, or an empty list.
@@ -279,7 +271,7 @@ impl GroupsAccumulator for HashGroups {
         let rows = values.first().map_or(0, |column| column.len());
         let mut single = HashGroups::default();
         single.fold_rows(values, &(0..rows).collect::<Vec<_>>(), opt_filter, rows)?;
-        Ok(vec![hashes_to_list(single.hashes)?])
+        Ok(vec![hashes_to_list(single.hashes.take(EmitTo::All))?])
     }
 }
 
@@ -287,6 +279,23 @@ impl GroupsAccumulator for HashGroups {
 #[derive(Debug)]
 struct SingleCount {
     groups: HashGroups,
+}
+
+impl SingleCount {
+    /// The group's distinct hashes, kept for later batches.
+    fn single_group(&mut self) -> Vec<u64> {
+        let hashes = self
+            .groups
+            .hashes
+            .take(EmitTo::All)
+            .pop()
+            .unwrap_or_default();
+        self.groups.hashes.grow(1);
+        for hash in &hashes {
+            self.groups.hashes.add(0, *hash);
+        }
+        hashes
+    }
 }
 
 impl Accumulator for SingleCount {
@@ -301,17 +310,17 @@ impl Accumulator for SingleCount {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        let hashes = self.groups.hashes.first().cloned().unwrap_or_default();
-        Ok(ScalarValue::Int64(Some(distinct_count(hashes))))
+        Ok(ScalarValue::Int64(Some(distinct_count(
+            &self.single_group(),
+        ))))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        self.groups.grow(1);
-        let list = hashes_to_list(vec![self.groups.hashes[0].clone()])?;
+        let list = hashes_to_list(vec![self.single_group()])?;
         Ok(vec![ScalarValue::try_from_array(&list, 0)?])
     }
 
     fn size(&self) -> usize {
-        size_of::<Self>() + self.groups.size()
+        size_of::<Self>() + self.groups.hashes.size()
     }
 }

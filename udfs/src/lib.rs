@@ -10,7 +10,7 @@
 //! | `session_start` | window | §1 derived sessions |
 //! | `session_uuid` | scalar | §1 derived session id |
 //! | `entry_value`, `exit_value` | aggregate | §2 prio-first / prio-last |
-//! | `count_distinct_where` | aggregate | §2 distinct-uuid counts |
+//! | `count_distinct_where`, `distinct_strings_where` | aggregate | §2 distinct counts, `urls` |
 //! | `session_duration` | scalar | §2 duration |
 //! | `url_pathname`, `url_hostname` | scalar | §2 URL parts |
 //! | `blank_to_null` | scalar | §2 empty and `'null'` strings |
@@ -29,6 +29,8 @@ pub mod channel_tables;
 pub mod channel_type;
 pub mod config;
 pub mod count_distinct_where;
+pub mod dedup_groups;
+pub mod distinct_strings_where;
 pub mod entry_exit_value;
 pub mod referring_domain_type;
 pub mod session_duration;
@@ -81,6 +83,7 @@ pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
         entry_exit_value::entry_value_udaf(),
         entry_exit_value::exit_value_udaf(),
         count_distinct_where::count_distinct_where_udaf(),
+        distinct_strings_where::distinct_strings_where_udaf(),
     ]
 }
 
