@@ -257,8 +257,15 @@ impl SessionqlFlightService {
         handle: StatementHandle,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         let started = Instant::now();
-        let context = self.with_query_memory_limit(context)?;
         let plan = self.plan(&context, &handle).await?;
+        // Settings and DDL change the client's own session; queries run in a
+        // copy with their own memory pool when a limit is set.
+        let changes_session = matches!(plan, LogicalPlan::Statement(_) | LogicalPlan::Ddl(_));
+        let context = if changes_session {
+            context
+        } else {
+            self.with_query_memory_limit(context)?
+        };
         let frame: DataFrame = context.execute_logical_plan(plan).await.map_err(status)?;
         let schema: SchemaRef = Arc::clone(frame.schema().inner());
         let batches = frame.execute_stream().await.map_err(status)?;
