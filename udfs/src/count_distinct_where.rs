@@ -10,22 +10,20 @@
 //! different values of one session colliding in 64 bits is the only way to
 //! miscount, which for the few hundred values of a session is negligible.
 
-use std::mem::size_of;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, ListArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, UInt64Array};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::cast::{as_boolean_array, as_list_array, as_string_array, as_uint64_array};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::cast::as_uint64_array;
+use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
-use crate::dedup_groups::DedupGroups;
+use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
 use crate::stable_hash::stable_hash64;
 
 const NAME: &str = "count_distinct_where";
@@ -97,9 +95,7 @@ impl AggregateUDFImpl for CountDistinctWhere {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleCount {
-            groups: HashGroups::default(),
-        }))
+        Ok(Box::new(SingleDistinct::<Hashes>::default()))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -119,7 +115,7 @@ impl AggregateUDFImpl for CountDistinctWhere {
         &self,
         _args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(HashGroups::default()))
+        Ok(Box::new(DistinctGroups::<Hashes>::default()))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -127,89 +123,9 @@ impl AggregateUDFImpl for CountDistinctWhere {
     }
 }
 
-/// Calls `add(group, value)` for each input row whose condition is true, whose
-/// value is not null and which `opt_filter` keeps: the rows both distinct
-/// aggregates count.
-pub fn for_each_qualifying_row(
-    values: &[ArrayRef],
-    group_indices: &[usize],
-    opt_filter: Option<&BooleanArray>,
-    function: &str,
-    mut add: impl FnMut(usize, &str),
-) -> Result<()> {
-    let [strings, conditions] = values else {
-        return exec_err!("{function}: expected 2 input columns, got {}", values.len());
-    };
-    let strings = as_string_array(strings)?;
-    let conditions = as_boolean_array(conditions)?;
-    for (row, &group) in group_indices.iter().enumerate() {
-        let filtered_out =
-            opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
-        let qualifies = conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
-        if qualifies && !filtered_out {
-            add(group, strings.value(row));
-        }
-    }
-    Ok(())
-}
-
-/// Per group, the hashes of its qualifying values.
+/// Keeps each value's 64-bit hash; answers with the number of distinct hashes.
 #[derive(Debug)]
-struct HashGroups {
-    hashes: DedupGroups<u64>,
-}
-
-impl Default for HashGroups {
-    fn default() -> Self {
-        Self {
-            hashes: DedupGroups::new(|_| 0),
-        }
-    }
-}
-
-impl HashGroups {
-    fn fold_rows(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.hashes.grow(total_num_groups);
-        let hashes = &mut self.hashes;
-        for_each_qualifying_row(values, group_indices, opt_filter, NAME, |group, value| {
-            hashes.add(group, stable_hash64(HASH_SEED, value.as_bytes()));
-        })
-    }
-
-    /// Folds partial states: one list of hashes per row.
-    fn fold_states(
-        &mut self,
-        states: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        let Some(lists) = states.first() else {
-            return exec_err!("{NAME}: missing state column");
-        };
-        let lists = as_list_array(lists)?;
-        self.hashes.grow(total_num_groups);
-        for (row, &group) in group_indices.iter().enumerate() {
-            if lists.is_null(row) {
-                continue;
-            }
-            let list = lists.value(row);
-            for hash in as_uint64_array(&list)?.values() {
-                self.hashes.add(group, *hash);
-            }
-        }
-        Ok(())
-    }
-}
-
-fn distinct_count(hashes: &[u64]) -> i64 {
-    i64::try_from(hashes.len()).unwrap_or(i64::MAX)
-}
+struct Hashes;
 
 fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
     let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
@@ -224,103 +140,31 @@ fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
     Ok(Arc::new(list))
 }
 
-impl GroupsAccumulator for HashGroups {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.fold_rows(values, group_indices, opt_filter, total_num_groups)
+impl DistinctKind for Hashes {
+    type Value = u64;
+    const NAME: &'static str = NAME;
+
+    fn weigh(_value: &u64) -> usize {
+        0
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        let counts: Int64Array = self
-            .hashes
-            .take(emit_to)
+    fn keep(value: &str) -> u64 {
+        stable_hash64(HASH_SEED, value.as_bytes())
+    }
+
+    fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {
+        Ok(as_uint64_array(list)?.values().to_vec())
+    }
+
+    fn to_state(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+        hashes_to_list(groups)
+    }
+
+    fn finish(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+        let counts: Int64Array = groups
             .iter()
-            .map(|hashes| Some(distinct_count(hashes)))
+            .map(|hashes| Some(i64::try_from(hashes.len()).unwrap_or(i64::MAX)))
             .collect();
         Ok(Arc::new(counts))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![hashes_to_list(self.hashes.take(emit_to))?])
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.fold_states(values, group_indices, total_num_groups)
-    }
-
-    fn size(&self) -> usize {
-        self.hashes.size()
-    }
-
-    /// Each input row as a state row: a list of its one hash, or an empty list.
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values.first().map_or(0, |column| column.len());
-        let mut single = HashGroups::default();
-        single.fold_rows(values, &(0..rows).collect::<Vec<_>>(), opt_filter, rows)?;
-        Ok(vec![hashes_to_list(single.hashes.take(EmitTo::All))?])
-    }
-}
-
-/// The same count without `GROUP BY` (one group).
-#[derive(Debug)]
-struct SingleCount {
-    groups: HashGroups,
-}
-
-impl SingleCount {
-    /// The group's distinct hashes, kept for later batches.
-    fn single_group(&mut self) -> Vec<u64> {
-        let hashes = self
-            .groups
-            .hashes
-            .take(EmitTo::All)
-            .pop()
-            .unwrap_or_default();
-        self.groups.hashes.grow(1);
-        for hash in &hashes {
-            self.groups.hashes.add(0, *hash);
-        }
-        hashes
-    }
-}
-
-impl Accumulator for SingleCount {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let rows = values.first().map_or(0, |column| column.len());
-        self.groups.fold_rows(values, &vec![0; rows], None, 1)
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let rows = states.first().map_or(0, |column| column.len());
-        self.groups.fold_states(states, &vec![0; rows], 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::Int64(Some(distinct_count(
-            &self.single_group(),
-        ))))
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let list = hashes_to_list(vec![self.single_group()])?;
-        Ok(vec![ScalarValue::try_from_array(&list, 0)?])
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>() + self.groups.hashes.size()
     }
 }

@@ -4,23 +4,20 @@
 //! DataFusion's `array_agg(DISTINCT …) FILTER (…)` keeps a hash set of
 //! `ScalarValue`s per group; this keeps plain strings, deduplicated lazily.
 
-use std::mem::size_of;
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, ListArray, StringArray};
+use datafusion::arrow::array::{ArrayRef, ListArray, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::cast::{as_list_array, as_string_array};
-use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
+use datafusion::common::cast::as_string_array;
+use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
-use crate::count_distinct_where::for_each_qualifying_row;
-use crate::dedup_groups::DedupGroups;
+use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
 
 const NAME: &str = "distinct_strings_where";
 
@@ -94,9 +91,7 @@ impl AggregateUDFImpl for DistinctStringsWhere {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleList {
-            groups: StringGroups::default(),
-        }))
+        Ok(Box::new(SingleDistinct::<Strings>::default()))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -115,7 +110,7 @@ impl AggregateUDFImpl for DistinctStringsWhere {
         &self,
         _args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(StringGroups::default()))
+        Ok(Box::new(DistinctGroups::<Strings>::default()))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -123,58 +118,9 @@ impl AggregateUDFImpl for DistinctStringsWhere {
     }
 }
 
+/// Keeps the strings; answers with the sorted distinct list.
 #[derive(Debug)]
-struct StringGroups {
-    values: DedupGroups<String>,
-}
-
-impl Default for StringGroups {
-    fn default() -> Self {
-        Self {
-            values: DedupGroups::new(String::capacity),
-        }
-    }
-}
-
-impl StringGroups {
-    fn fold_rows(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.values.grow(total_num_groups);
-        let groups = &mut self.values;
-        for_each_qualifying_row(values, group_indices, opt_filter, NAME, |group, value| {
-            groups.add(group, value.to_string());
-        })
-    }
-
-    fn fold_states(
-        &mut self,
-        states: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        let Some(lists) = states.first() else {
-            return exec_err!("{NAME}: missing state column");
-        };
-        let lists = as_list_array(lists)?;
-        self.values.grow(total_num_groups);
-        for (row, &group) in group_indices.iter().enumerate() {
-            if lists.is_null(row) {
-                continue;
-            }
-            let list = lists.value(row);
-            let strings = as_string_array(&list)?;
-            for value in strings.iter().flatten() {
-                self.values.add(group, value.to_string());
-            }
-        }
-        Ok(())
-    }
-}
+struct Strings;
 
 fn strings_to_list(groups: Vec<Vec<String>>) -> Result<ListArray> {
     let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
@@ -187,98 +133,31 @@ fn strings_to_list(groups: Vec<Vec<String>>) -> Result<ListArray> {
     )?)
 }
 
-impl GroupsAccumulator for StringGroups {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.fold_rows(values, group_indices, opt_filter, total_num_groups)
+impl DistinctKind for Strings {
+    type Value = String;
+    const NAME: &'static str = NAME;
+
+    fn weigh(value: &String) -> usize {
+        value.capacity()
     }
 
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        Ok(Arc::new(strings_to_list(self.values.take(emit_to))?))
+    fn keep(value: &str) -> String {
+        value.to_string()
     }
 
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![Arc::new(strings_to_list(self.values.take(emit_to))?)])
+    fn from_state(list: &ArrayRef) -> Result<Vec<String>> {
+        Ok(as_string_array(list)?
+            .iter()
+            .flatten()
+            .map(str::to_string)
+            .collect())
     }
 
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.fold_states(values, group_indices, total_num_groups)
+    fn to_state(groups: Vec<Vec<String>>) -> Result<ArrayRef> {
+        Ok(Arc::new(strings_to_list(groups)?))
     }
 
-    fn size(&self) -> usize {
-        self.values.size()
-    }
-
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values.first().map_or(0, |column| column.len());
-        let mut single = StringGroups::default();
-        single.fold_rows(values, &(0..rows).collect::<Vec<_>>(), opt_filter, rows)?;
-        Ok(vec![Arc::new(strings_to_list(
-            single.values.take(EmitTo::All),
-        )?)])
-    }
-}
-
-/// The same list without `GROUP BY` (one group).
-#[derive(Debug)]
-struct SingleList {
-    groups: StringGroups,
-}
-
-impl SingleList {
-    fn single_group(&mut self) -> Vec<String> {
-        let values = self
-            .groups
-            .values
-            .take(EmitTo::All)
-            .pop()
-            .unwrap_or_default();
-        self.groups.values.grow(1);
-        for value in &values {
-            self.groups.values.add(0, value.clone());
-        }
-        values
-    }
-}
-
-impl Accumulator for SingleList {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let rows = values.first().map_or(0, |column| column.len());
-        self.groups.fold_rows(values, &vec![0; rows], None, 1)
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let rows = states.first().map_or(0, |column| column.len());
-        self.groups.fold_states(states, &vec![0; rows], 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        Ok(ScalarValue::List(Arc::new(strings_to_list(vec![
-            self.single_group(),
-        ])?)))
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::List(Arc::new(strings_to_list(vec![
-            self.single_group(),
-        ])?))])
-    }
-
-    fn size(&self) -> usize {
-        size_of::<Self>() + self.groups.values.size()
+    fn finish(groups: Vec<Vec<String>>) -> Result<ArrayRef> {
+        Ok(Arc::new(strings_to_list(groups)?))
     }
 }

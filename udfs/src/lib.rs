@@ -31,6 +31,7 @@ pub mod config;
 pub mod count_distinct_where;
 pub mod dedup_groups;
 pub mod distinct_strings_where;
+pub mod distinct_where;
 pub mod entry_exit_value;
 pub mod referring_domain_type;
 pub mod session_duration;

@@ -1,0 +1,214 @@
+//! The shared machinery of the "distinct values where a condition holds"
+//! aggregates (`count_distinct_where`, `distinct_strings_where`): which rows
+//! qualify, and one GroupsAccumulator / Accumulator pair generic over what is
+//! kept per value and what is returned. Each function only says that.
+
+use std::fmt::Debug;
+use std::marker::PhantomData;
+use std::mem::size_of;
+
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::common::cast::{as_boolean_array, as_list_array, as_string_array};
+use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
+
+use crate::dedup_groups::DedupGroups;
+
+/// What a distinct-where aggregate keeps per value and how it answers.
+pub trait DistinctKind: Debug + Send + Sync + 'static {
+    /// The kept form of one value (a hash, the string itself, …).
+    type Value: Ord + Clone + Debug + Send + Sync;
+    /// The function's SQL name, for error messages.
+    const NAME: &'static str;
+    /// Heap bytes of one kept value, for memory accounting.
+    fn weigh(value: &Self::Value) -> usize;
+    /// The kept form of an input string.
+    fn keep(value: &str) -> Self::Value;
+    /// The kept values inside one partial-state list.
+    fn from_state(list: &ArrayRef) -> Result<Vec<Self::Value>>;
+    /// Partial states: one list per group.
+    fn to_state(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
+    /// Final answers: one per group, from its sorted distinct values.
+    fn finish(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
+}
+
+/// Calls `add(group, value)` for each input row whose condition is true, whose
+/// value is not null and which `opt_filter` keeps.
+fn for_each_qualifying_row(
+    values: &[ArrayRef],
+    group_indices: &[usize],
+    opt_filter: Option<&BooleanArray>,
+    function: &str,
+    mut add: impl FnMut(usize, &str),
+) -> Result<()> {
+    let [strings, conditions] = values else {
+        return exec_err!("{function}: expected 2 input columns, got {}", values.len());
+    };
+    let strings = as_string_array(strings)?;
+    let conditions = as_boolean_array(conditions)?;
+    for (row, &group) in group_indices.iter().enumerate() {
+        let filtered_out =
+            opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
+        let qualifies = conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
+        if qualifies && !filtered_out {
+            add(group, strings.value(row));
+        }
+    }
+    Ok(())
+}
+
+/// Per-group kept values of a distinct-where aggregate.
+#[derive(Debug)]
+pub struct DistinctGroups<K: DistinctKind> {
+    values: DedupGroups<K::Value>,
+    kind: PhantomData<K>,
+}
+
+impl<K: DistinctKind> Default for DistinctGroups<K> {
+    fn default() -> Self {
+        Self {
+            values: DedupGroups::new(K::weigh),
+            kind: PhantomData,
+        }
+    }
+}
+
+impl<K: DistinctKind> DistinctGroups<K> {
+    fn fold_rows(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.values.grow(total_num_groups);
+        let groups = &mut self.values;
+        for_each_qualifying_row(
+            values,
+            group_indices,
+            opt_filter,
+            K::NAME,
+            |group, value| {
+                groups.add(group, K::keep(value));
+            },
+        )
+    }
+
+    fn fold_states(
+        &mut self,
+        states: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let Some(lists) = states.first() else {
+            return exec_err!("{}: missing state column", K::NAME);
+        };
+        let lists = as_list_array(lists)?;
+        self.values.grow(total_num_groups);
+        for (row, &group) in group_indices.iter().enumerate() {
+            if lists.is_null(row) {
+                continue;
+            }
+            for value in K::from_state(&lists.value(row))? {
+                self.values.add(group, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// The one group of an aggregate without `GROUP BY`, kept for later batches.
+    fn single_group(&mut self) -> Vec<K::Value> {
+        let values = self.values.take(EmitTo::All).pop().unwrap_or_default();
+        self.values.grow(1);
+        for value in &values {
+            self.values.add(0, value.clone());
+        }
+        values
+    }
+}
+
+impl<K: DistinctKind> GroupsAccumulator for DistinctGroups<K> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.fold_rows(values, group_indices, opt_filter, total_num_groups)
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        K::finish(self.values.take(emit_to))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![K::to_state(self.values.take(emit_to))?])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.fold_states(values, group_indices, total_num_groups)
+    }
+
+    fn size(&self) -> usize {
+        self.values.size()
+    }
+
+    /// Each input row as a state row: a list of its one value, or an empty list.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let rows = values.first().map_or(0, |column| column.len());
+        let mut single = Self::default();
+        single.fold_rows(values, &(0..rows).collect::<Vec<_>>(), opt_filter, rows)?;
+        Ok(vec![K::to_state(single.values.take(EmitTo::All))?])
+    }
+}
+
+/// The same aggregate without `GROUP BY` (one group).
+#[derive(Debug)]
+pub struct SingleDistinct<K: DistinctKind> {
+    groups: DistinctGroups<K>,
+}
+
+impl<K: DistinctKind> Default for SingleDistinct<K> {
+    fn default() -> Self {
+        Self {
+            groups: DistinctGroups::default(),
+        }
+    }
+}
+
+impl<K: DistinctKind> Accumulator for SingleDistinct<K> {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let rows = values.first().map_or(0, |column| column.len());
+        self.groups.fold_rows(values, &vec![0; rows], None, 1)
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let rows = states.first().map_or(0, |column| column.len());
+        self.groups.fold_states(states, &vec![0; rows], 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        ScalarValue::try_from_array(&K::finish(vec![self.groups.single_group()])?, 0)
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        Ok(vec![ScalarValue::try_from_array(
+            &K::to_state(vec![self.groups.single_group()])?,
+            0,
+        )?])
+    }
+
+    fn size(&self) -> usize {
+        size_of::<Self>() + self.groups.size()
+    }
+}
