@@ -101,6 +101,16 @@ async fn fetch(client: &mut FlightSqlServiceClient<Channel>, info: FlightInfo) -
     batches
 }
 
+/// The non-null strings of one column of a batch.
+fn strings(batch: &RecordBatch, column: usize) -> Vec<&str> {
+    batch
+        .column(column)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect()
+}
+
 async fn query_i64(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<i64> {
     let info = client.execute(sql.to_string(), None).await.unwrap();
     fetch(client, info)
@@ -209,12 +219,7 @@ async fn metadata_answers_without_a_catalog() {
         .await
         .unwrap();
     let schemas = fetch(&mut client, info).await;
-    let names: Vec<&str> = schemas[0]
-        .column(1)
-        .as_string::<i32>()
-        .iter()
-        .map(|name| name.unwrap())
-        .collect();
+    let names = strings(&schemas[0], 1);
     assert!(names.contains(&"public"), "{names:?}");
 
     let info = client
@@ -400,12 +405,7 @@ async fn jdbc_driver_call_sequence() {
         .await
         .unwrap();
     let types = fetch(&mut client, info).await;
-    let names: Vec<&str> = types[0]
-        .column(0)
-        .as_string::<i32>()
-        .iter()
-        .map(|name| name.unwrap())
-        .collect();
+    let names = strings(&types[0], 0);
     assert!(
         names.contains(&"VARCHAR") && names.contains(&"TIMESTAMP"),
         "{names:?}"
@@ -422,12 +422,7 @@ async fn jdbc_driver_call_sequence() {
         .await
         .unwrap();
     let tables = fetch(&mut client, info).await;
-    let names: Vec<&str> = tables[0]
-        .column(2)
-        .as_string::<i32>()
-        .iter()
-        .map(|name| name.unwrap())
-        .collect();
+    let names = strings(&tables[0], 2);
     assert_eq!(names, ["session_events", "sessions"]);
 
     let info = client

@@ -16,14 +16,16 @@ use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, UInt64Array};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_uint64_array;
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
-use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
+use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
+use crate::distinct_where::{
+    DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
+};
 use crate::stable_hash::stable_hash64;
 
 const NAME: &str = "count_distinct_where";
@@ -67,19 +69,7 @@ impl AggregateUDFImpl for CountDistinctWhere {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        match arg_types {
-            [value, condition] => {
-                let condition = match condition {
-                    DataType::Boolean | DataType::Null => DataType::Boolean,
-                    other => return plan_err!("{NAME}: argument 2 must be a boolean, got {other}"),
-                };
-                Ok(vec![coerce_to_utf8(NAME, 0, value)?, condition])
-            }
-            _ => plan_err!(
-                "{NAME} takes 2 arguments (value, condition), got {}",
-                arg_types.len()
-            ),
-        }
+        coerce_value_and_condition(NAME, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

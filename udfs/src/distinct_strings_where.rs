@@ -10,14 +10,16 @@ use datafusion::arrow::array::{ArrayRef, ListArray, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_string_array;
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
-use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
+use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
+use crate::distinct_where::{
+    DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
+};
 
 const NAME: &str = "distinct_strings_where";
 
@@ -64,16 +66,7 @@ impl AggregateUDFImpl for DistinctStringsWhere {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
-        match arg_types {
-            [value, DataType::Boolean | DataType::Null] => {
-                Ok(vec![coerce_to_utf8(NAME, 0, value)?, DataType::Boolean])
-            }
-            [_, other] => plan_err!("{NAME}: argument 2 must be a boolean, got {other}"),
-            _ => plan_err!(
-                "{NAME} takes 2 arguments (value, condition), got {}",
-                arg_types.len()
-            ),
-        }
+        coerce_value_and_condition(NAME, arg_types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

@@ -8,10 +8,12 @@ use std::marker::PhantomData;
 use std::mem::size_of;
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::cast::{as_boolean_array, as_list_array, as_string_array};
-use datafusion::common::{Result, ScalarValue, exec_err};
+use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 
+use crate::args::coerce_to_utf8;
 use crate::dedup_groups::DedupGroups;
 
 /// What a distinct-where aggregate keeps per value and how it answers.
@@ -30,6 +32,21 @@ pub trait DistinctKind: Debug + Send + Sync + 'static {
     fn to_state(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
     /// Final answers: one per group, from its sorted distinct values.
     fn finish(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
+}
+
+/// The argument types of every distinct-where aggregate: a string value and a
+/// boolean condition.
+pub fn coerce_value_and_condition(function: &str, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+    match arg_types {
+        [value, DataType::Boolean | DataType::Null] => {
+            Ok(vec![coerce_to_utf8(function, 0, value)?, DataType::Boolean])
+        }
+        [_, other] => plan_err!("{function}: argument 2 must be a boolean, got {other}"),
+        _ => plan_err!(
+            "{function} takes 2 arguments (value, condition), got {}",
+            arg_types.len()
+        ),
+    }
 }
 
 /// Calls `add(group, value)` for each input row whose condition is true, whose
