@@ -1,4 +1,4 @@
-//! The command line: `sessionql query`, `sessionql shell`, `sessionql generate`.
+//! The command line: `sessionql query`, `shell`, `serve`, `ingest`, `generate`, `bench`.
 //! Every command builds its session through [`crate::Engine`].
 
 use std::io::Write;
@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::engine::Engine;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::LoadReport;
-use crate::generate::{GenerateOptions, generate};
+use crate::generate::{GenerateOptions, GeneratedFormat, generate};
+use crate::ingest::{IngestOptions, IngestSummary, ingest};
 use crate::output::{OutputFormat, write_results};
 
 /// Skipped lines printed in full before the rest are only counted.
@@ -83,7 +84,30 @@ pub enum Command {
         #[command(subcommand)]
         suite: BenchSuite,
     },
-    /// Generate realistic events (deterministic for a seed) as Parquet.
+    /// Ingest PostHog events (exports or capture request bodies, one JSON per
+    /// line, gzip accepted) into date-partitioned, sorted Parquet under --out.
+    Ingest {
+        /// Input files or directories; `-` reads standard input.
+        #[arg(required = true, value_name = "INPUT")]
+        inputs: Vec<PathBuf>,
+        /// The events directory to write (queries read it with --events).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Receive time (ISO 8601) for events whose payload has none, as in
+        /// plain exports; needed for events without a timestamp.
+        #[arg(long, value_name = "TIME")]
+        received_at: Option<String>,
+        /// Where rejected lines go (default OUT/_quarantine/<run>.ndjson).
+        #[arg(long, value_name = "FILE")]
+        quarantine: Option<PathBuf>,
+        /// Most events per output file.
+        #[arg(long, default_value_t = 1_000_000)]
+        events_per_file: usize,
+        /// Parsing threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Generate realistic events (deterministic for a seed) as Parquet or PostHog NDJSON.
     Generate {
         /// Number of events.
         #[arg(long, default_value_t = 100_000)]
@@ -103,6 +127,9 @@ pub enum Command {
         /// Most events per file.
         #[arg(long, default_value_t = 1_000_000)]
         events_per_file: usize,
+        /// Parquet (the events schema) or PostHog-shaped NDJSON (for `ingest`).
+        #[arg(long, value_enum, default_value_t = GeneratedFormat::Parquet)]
+        format: GeneratedFormat,
     },
 }
 
@@ -191,6 +218,33 @@ fn report_skipped_lines(report: &LoadReport) {
     }
 }
 
+fn report_ingest(summary: &IngestSummary, elapsed: std::time::Duration) {
+    for input in &summary.unreadable {
+        eprintln!("warning: {}: {}", input.path.display(), input.reason);
+    }
+    let events = summary.ingested + summary.duplicates;
+    let seconds = elapsed.as_secs_f64().max(1e-3);
+    eprintln!(
+        "read {} lines from {} input(s): ingested {} events, {} duplicates, {} quarantined; \
+         {} file(s) written in {:.1} s ({:.0} events/s, peak memory {:.0} MiB)",
+        summary.lines,
+        summary.inputs_read,
+        summary.ingested,
+        summary.duplicates,
+        summary.quarantined,
+        summary.files.len(),
+        seconds,
+        events as f64 / seconds,
+        crate::bench::peak_memory_mib().unwrap_or(0.0),
+    );
+    if let Some(path) = &summary.quarantine_file {
+        eprintln!(
+            "rejected lines, with file, line and reason: {}",
+            path.display()
+        );
+    }
+}
+
 /// Runs a parsed command line; errors become one line on stderr and exit code 1.
 pub async fn run(cli: Cli) -> ExitCode {
     match execute(cli).await {
@@ -256,6 +310,35 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Bench {
             suite: BenchSuite::ChannelType { rows, runs },
         } => crate::bench::bench_channel_type(rows, runs).await,
+        Command::Ingest {
+            inputs,
+            out,
+            received_at,
+            quarantine,
+            events_per_file,
+            threads,
+        } => {
+            let received_at_us = received_at
+                .map(|text| {
+                    crate::event_rows::parse_timestamp_us(&text).map_err(|reason| {
+                        SessionqlError::Invalid(format!("--received-at: {reason}"))
+                    })
+                })
+                .transpose()?;
+            let options = IngestOptions {
+                received_at_us,
+                quarantine,
+                rows_per_file: events_per_file,
+                threads,
+                ..IngestOptions::new(inputs, out)
+            };
+            let started = std::time::Instant::now();
+            let summary = tokio::task::spawn_blocking(move || ingest(&options))
+                .await
+                .map_err(|error| SessionqlError::Invalid(format!("ingest stopped: {error}")))??;
+            report_ingest(&summary, started.elapsed());
+            Ok(())
+        }
         Command::Generate {
             events,
             out,
@@ -263,6 +346,7 @@ async fn execute(cli: Cli) -> Result<()> {
             start,
             days,
             events_per_file,
+            format,
         } => {
             let options = GenerateOptions {
                 events,
@@ -271,6 +355,7 @@ async fn execute(cli: Cli) -> Result<()> {
                 start,
                 days,
                 events_per_file,
+                format,
             };
             let summary = tokio::task::spawn_blocking(move || generate(&options))
                 .await

@@ -68,6 +68,9 @@ pub enum SessionqlError {
     /// A query failed: bad SQL, unknown column, a failing function.
     #[error("{0}")]
     Query(#[from] DataFusionError),
+    /// Arrow failed on data being written or read back (ingest, generate).
+    #[error("{0}")]
+    Arrow(#[from] datafusion::arrow::error::ArrowError),
     /// A user-supplied value (a setting, an option) is invalid.
     #[error("{0}")]
     Invalid(String),

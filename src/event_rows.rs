@@ -22,7 +22,8 @@ pub struct EventRow {
     pub optional: [Option<String>; OPTIONAL_STRING_COLUMNS.len()],
 }
 
-const PROPERTIES_INDEX: usize = OPTIONAL_STRING_COLUMNS.len() - 1;
+/// Where `properties` sits among the optional columns.
+pub const PROPERTIES_INDEX: usize = OPTIONAL_STRING_COLUMNS.len() - 1;
 
 /// Parses an event time: RFC 3339 / ISO 8601 with an offset, or without one
 /// (read as UTC), with `T` or a space between date and time.
@@ -52,7 +53,7 @@ pub fn parse_timestamp_us(text: &str) -> Result<i64, String> {
 
 /// A JSON value as the text of a string column: strings as they are, numbers
 /// and booleans as written, objects and arrays as JSON, null as missing.
-fn json_text(value: Value) -> Option<String> {
+pub(crate) fn json_text(value: Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(text) => Some(text),
@@ -136,58 +137,65 @@ pub fn event_from_csv(header: &[String], record: &csv::StringRecord) -> Result<E
     event_from_json(object)
 }
 
-/// Collects checked rows into Arrow batches of the events schema.
-#[derive(Debug, Default)]
+/// Collects checked rows into Arrow batches of the events schema. Rows go
+/// straight into Arrow builders, so a waiting row costs its bytes, not a
+/// struct of strings.
+#[derive(Debug)]
 pub struct EventBatchBuilder {
-    rows: Vec<EventRow>,
+    required: [StringBuilder; 3],
+    timestamps: Vec<i64>,
+    optional: Vec<StringBuilder>,
+}
+
+impl Default for EventBatchBuilder {
+    fn default() -> Self {
+        Self {
+            required: Default::default(),
+            timestamps: Vec::new(),
+            optional: OPTIONAL_STRING_COLUMNS
+                .iter()
+                .map(|_| StringBuilder::new())
+                .collect(),
+        }
+    }
 }
 
 impl EventBatchBuilder {
     /// Adds one row.
     pub fn push(&mut self, row: EventRow) {
-        self.rows.push(row);
+        for (builder, value) in self.required.iter_mut().zip(&row.required) {
+            builder.append_value(value);
+        }
+        self.timestamps.push(row.timestamp_us);
+        for (builder, value) in self.optional.iter_mut().zip(&row.optional) {
+            builder.append_option(value.as_deref());
+        }
     }
 
     /// Rows added since the last [`Self::finish`].
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.timestamps.len()
     }
 
     /// True when no rows are waiting.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.timestamps.is_empty()
     }
 
     /// The waiting rows as one batch; the builder is empty afterwards.
     pub fn finish(&mut self) -> datafusion::error::Result<RecordBatch> {
-        let rows = std::mem::take(&mut self.rows);
-        let mut required: Vec<StringBuilder> = (0..3).map(|_| StringBuilder::new()).collect();
-        let mut optional: Vec<StringBuilder> = OPTIONAL_STRING_COLUMNS
-            .iter()
-            .map(|_| StringBuilder::new())
-            .collect();
-        let mut timestamps = Vec::with_capacity(rows.len());
-        for row in &rows {
-            for (builder, value) in required.iter_mut().zip(&row.required) {
-                builder.append_value(value);
-            }
-            timestamps.push(row.timestamp_us);
-            for (builder, value) in optional.iter_mut().zip(&row.optional) {
-                builder.append_option(value.as_deref());
-            }
-        }
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + optional.len());
-        let mut required = required.into_iter();
-        for _ in 0..3 {
-            if let Some(mut builder) = required.next() {
-                columns.push(Arc::new(builder.finish()));
-            }
-        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(4 + self.optional.len());
+        columns.extend(
+            self.required
+                .iter_mut()
+                .map(|builder| Arc::new(builder.finish()) as ArrayRef),
+        );
         columns.push(Arc::new(
-            TimestampMicrosecondArray::from(timestamps).with_timezone("UTC"),
+            TimestampMicrosecondArray::from(std::mem::take(&mut self.timestamps))
+                .with_timezone("UTC"),
         ));
         columns.extend(
-            optional
+            self.optional
                 .iter_mut()
                 .map(|builder| Arc::new(builder.finish()) as ArrayRef),
         );

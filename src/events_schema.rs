@@ -48,3 +48,24 @@ static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 pub fn events_schema() -> SchemaRef {
     Arc::clone(&EVENTS_SCHEMA)
 }
+
+/// The PostHog event property each optional column is read from when events
+/// arrive in PostHog's own shape (`sessionql ingest`), in
+/// [`OPTIONAL_STRING_COLUMNS`] order; `properties` itself keeps them all.
+pub const POSTHOG_PROPERTY_KEYS: [&str; OPTIONAL_STRING_COLUMNS.len() - 1] = [
+    "$session_id",
+    "$current_url",
+    "$pathname",
+    "$host",
+    "$referrer",
+    "$referring_domain",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "gclid",
+    "gad_source",
+    "fbclid",
+    "$external_click_url",
+];

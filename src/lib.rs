@@ -15,6 +15,7 @@ pub mod events_schema;
 pub mod events_table;
 pub mod flight;
 pub mod generate;
+pub mod ingest;
 pub mod output;
 pub mod session_views;
 pub mod shell;

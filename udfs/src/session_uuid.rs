@@ -65,12 +65,20 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
 
 /// Formats the UUIDv7 of one derived session.
 pub fn derived_session_uuid(distinct_id: &str, session_start_us: i64) -> String {
-    let unix_ms = session_start_us.div_euclid(1000) as u128 & 0xffff_ffff_ffff;
     let mut key = Vec::with_capacity(distinct_id.len() + 8);
     key.extend_from_slice(&session_start_us.to_le_bytes());
     key.extend_from_slice(distinct_id.as_bytes());
-    let rand_a = u128::from(stable_hash64(1, &key)) & 0xfff;
-    let rand_b = u128::from(stable_hash64(2, &key)) & 0x3fff_ffff_ffff_ffff;
+    uuid_v7_from_key(session_start_us, &key)
+}
+
+/// A UUIDv7 for time `unix_us` whose 74 "random" bits are a stable hash of
+/// `key`: the same key and time always give the same id, so anything that
+/// must name itself deterministically (a derived session, an ingested event
+/// that came without a uuid) gets an id that sorts by time like the SDK's.
+pub fn uuid_v7_from_key(unix_us: i64, key: &[u8]) -> String {
+    let unix_ms = unix_us.div_euclid(1000) as u128 & 0xffff_ffff_ffff;
+    let rand_a = u128::from(stable_hash64(1, key)) & 0xfff;
+    let rand_b = u128::from(stable_hash64(2, key)) & 0x3fff_ffff_ffff_ffff;
     let bits = (unix_ms << 80)
         | (UUID_VERSION_7 << 76)
         | (rand_a << 64)

@@ -9,20 +9,52 @@
 //! sources covering the channel rules; a few duplicated events (same uuid); and
 //! out-of-order arrival (files are in arrival order, not timestamp order).
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
+pub mod parquet_files;
+pub mod posthog_ndjson;
+
+use std::path::PathBuf;
 
 use chrono::{NaiveDate, TimeZone, Utc};
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use sessionql_udfs::stable_hash::splitmix64;
 
 use crate::error::{Result, SessionqlError};
-use crate::event_rows::{EventBatchBuilder, EventRow};
-use crate::events_schema::events_schema;
+use crate::event_rows::EventRow;
+use parquet_files::ParquetFiles;
+use posthog_ndjson::NdjsonFiles;
+
+/// What the generator writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GeneratedFormat {
+    /// The `events` schema as Parquet, ready to query.
+    #[default]
+    Parquet,
+    /// PostHog-shaped JSON events, one per line, for `sessionql ingest`.
+    Ndjson,
+}
+
+/// The generator's output files, of either format.
+enum GeneratedFiles {
+    Parquet(Box<ParquetFiles>),
+    Ndjson(NdjsonFiles),
+}
+
+impl GeneratedFiles {
+    fn push(&mut self, row: EventRow, arrival_us: i64) -> Result<()> {
+        match self {
+            GeneratedFiles::Parquet(files) => files.push(row),
+            GeneratedFiles::Ndjson(files) => files.push(&row, arrival_us),
+        }
+    }
+
+    fn close(self) -> Result<Vec<PathBuf>> {
+        match self {
+            GeneratedFiles::Parquet(files) => files.close(),
+            GeneratedFiles::Ndjson(files) => files.close(),
+        }
+    }
+}
 
 /// Options of a generator run.
 #[derive(Debug, Clone)]
@@ -39,6 +71,8 @@ pub struct GenerateOptions {
     pub days: u32,
     /// Most events per output file.
     pub events_per_file: usize,
+    /// Parquet or PostHog NDJSON.
+    pub format: GeneratedFormat,
 }
 
 impl Default for GenerateOptions {
@@ -50,6 +84,7 @@ impl Default for GenerateOptions {
             start: NaiveDate::from_ymd_opt(2024, 1, 1).unwrap_or_default(),
             days: 30,
             events_per_file: 1_000_000,
+            format: GeneratedFormat::Parquet,
         }
     }
 }
@@ -297,7 +332,15 @@ pub fn generate(options: &GenerateOptions) -> Result<GenerateSummary> {
     let first_day = Utc.from_utc_datetime(&options.start.and_hms_opt(0, 0, 0).unwrap_or_default());
     let users = (options.events / 40).max(5);
     let mut rng = Rng(options.seed);
-    let mut writer = FileWriter::new(&options.out, options.events_per_file);
+    let mut writer = match options.format {
+        GeneratedFormat::Parquet => GeneratedFiles::Parquet(Box::new(ParquetFiles::new(
+            &options.out,
+            options.events_per_file,
+        ))),
+        GeneratedFormat::Ndjson => {
+            GeneratedFiles::Ndjson(NdjsonFiles::new(&options.out, options.events_per_file))
+        }
+    };
     let progress = progress_bar(options.events);
     let mut summary = GenerateSummary::default();
 
@@ -324,8 +367,8 @@ pub fn generate(options: &GenerateOptions) -> Result<GenerateSummary> {
             }
         }
         day_events.sort_by_key(|(arrival, _)| *arrival);
-        for (_, row) in day_events {
-            writer.push(row)?;
+        for (arrival_us, row) in day_events {
+            writer.push(row, arrival_us)?;
             summary.events += 1;
         }
         progress.set_position(summary.events);
@@ -512,93 +555,4 @@ fn generate_session(rng: &mut Rng, user: &User, start_us: i64, budget: usize) ->
         }
     }
     rows
-}
-
-/// Writes rows to numbered Parquet files of at most `rows_per_file` rows.
-struct FileWriter {
-    directory: PathBuf,
-    rows_per_file: usize,
-    batch: EventBatchBuilder,
-    current: Option<(ArrowWriter<File>, PathBuf, PathBuf, usize)>,
-    written: Vec<PathBuf>,
-}
-
-impl FileWriter {
-    fn new(directory: &Path, rows_per_file: usize) -> Self {
-        Self {
-            directory: directory.to_path_buf(),
-            rows_per_file: rows_per_file.max(1),
-            batch: EventBatchBuilder::default(),
-            current: None,
-            written: Vec::new(),
-        }
-    }
-
-    fn push(&mut self, row: EventRow) -> Result<()> {
-        self.batch.push(row);
-        let in_file = self.current.as_ref().map_or(0, |(_, _, _, rows)| *rows) + self.batch.len();
-        if self.batch.len() >= 65_536 || in_file >= self.rows_per_file {
-            self.flush_batch()?;
-        }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|(_, _, _, rows)| *rows >= self.rows_per_file)
-        {
-            self.finish_file()?;
-        }
-        Ok(())
-    }
-
-    fn flush_batch(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let batch = self.batch.finish()?;
-        if self.current.is_none() {
-            let name = format!("events-{:04}.parquet", self.written.len());
-            let final_path = self.directory.join(&name);
-            let temporary_path = self.directory.join(format!(".{name}.tmp"));
-            let file = File::create(&temporary_path).map_err(|source| SessionqlError::Write {
-                path: temporary_path.clone(),
-                source,
-            })?;
-            let properties = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-                .set_max_row_group_row_count(Some(256 * 1024))
-                .build();
-            let writer = ArrowWriter::try_new(file, events_schema(), Some(properties))
-                .map_err(|error| SessionqlError::Query(error.into()))?;
-            self.current = Some((writer, temporary_path, final_path, 0));
-        }
-        if let Some((writer, _, _, rows)) = &mut self.current {
-            *rows += batch.num_rows();
-            writer
-                .write(&batch)
-                .map_err(|error| SessionqlError::Query(error.into()))?;
-        }
-        Ok(())
-    }
-
-    fn finish_file(&mut self) -> Result<()> {
-        if let Some((writer, temporary_path, final_path, _)) = self.current.take() {
-            writer
-                .close()
-                .map_err(|error| SessionqlError::Query(error.into()))?;
-            std::fs::rename(&temporary_path, &final_path).map_err(|source| {
-                SessionqlError::Write {
-                    path: final_path.clone(),
-                    source,
-                }
-            })?;
-            self.written.push(final_path);
-        }
-        Ok(())
-    }
-
-    fn close(mut self) -> Result<Vec<PathBuf>> {
-        self.flush_batch()?;
-        self.finish_file()?;
-        Ok(self.written)
-    }
 }

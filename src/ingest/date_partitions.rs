@@ -1,0 +1,301 @@
+//! Ingested events, bucketed by UTC date and written as sorted Parquet.
+//!
+//! While input is read, each date's events go to a spill file of its own (an
+//! Arrow IPC stream in a hidden run directory), so memory holds only a small
+//! buffer per date. At the end each date is read back alone: duplicates of
+//! events already stored (in this run or in the date's existing files) are
+//! dropped, the rest sorted by (`distinct_id`, `timestamp`, `uuid`) and
+//! written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is written
+//! under a hidden temporary name and renamed when complete, so a reader never
+//! sees a partial file.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::{DateTime, NaiveDate};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::compute::{
+    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::metadata::SortingColumn;
+use datafusion::parquet::file::properties::WriterProperties;
+use sessionql_udfs::stable_hash::stable_hash64;
+
+use crate::error::{Result, SessionqlError};
+use crate::event_rows::{EventBatchBuilder, EventRow};
+use crate::events_schema::events_schema;
+
+/// Rows a date collects in memory before they go to its spill file.
+const ROWS_PER_SPILL_BATCH: usize = 8_192;
+/// Rows per Parquet row group: small enough for time pruning to skip some.
+const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
+
+/// Column positions in the events schema of the sort key.
+const UUID_COLUMN: usize = 0;
+const DISTINCT_ID_COLUMN: usize = 2;
+const TIMESTAMP_COLUMN: usize = 3;
+
+/// The sort order every ingested file declares in its footer.
+pub fn declared_sorting_columns() -> Vec<SortingColumn> {
+    [DISTINCT_ID_COLUMN, TIMESTAMP_COLUMN]
+        .into_iter()
+        .map(|column| SortingColumn {
+            column_idx: column as i32,
+            descending: false,
+            nulls_first: false,
+        })
+        .collect()
+}
+
+/// The directory of one date's files under the output directory.
+pub fn date_directory(out: &Path, date: NaiveDate) -> PathBuf {
+    out.join(format!("date={}", date.format("%Y-%m-%d")))
+}
+
+/// One date's events while input is still being read.
+#[derive(Default)]
+struct DateSpill {
+    buffer: EventBatchBuilder,
+    writer: Option<StreamWriter<BufWriter<File>>>,
+    path: PathBuf,
+}
+
+/// What writing the dates produced.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WrittenDates {
+    /// Events written.
+    pub events: u64,
+    /// Events left out as already stored.
+    pub duplicates: u64,
+    /// The files written, in date order.
+    pub files: Vec<PathBuf>,
+}
+
+/// Buckets events by date and writes each date's sorted files at the end.
+pub struct DatePartitions {
+    out: PathBuf,
+    run_id: String,
+    spill_directory: PathBuf,
+    rows_per_file: usize,
+    dates: BTreeMap<NaiveDate, DateSpill>,
+}
+
+impl DatePartitions {
+    /// Prepares a run writing into `out`; spills go to a hidden directory in it.
+    pub fn new(out: &Path, run_id: &str, rows_per_file: usize) -> Result<Self> {
+        let spill_directory = out.join(format!(".ingest-{run_id}"));
+        std::fs::create_dir_all(&spill_directory).map_err(|source| SessionqlError::Write {
+            path: spill_directory.clone(),
+            source,
+        })?;
+        Ok(Self {
+            out: out.to_path_buf(),
+            run_id: run_id.to_string(),
+            spill_directory,
+            rows_per_file: rows_per_file.max(1),
+            dates: BTreeMap::new(),
+        })
+    }
+
+    /// Adds one event to its date.
+    pub fn push(&mut self, row: EventRow) -> Result<()> {
+        let date = DateTime::from_timestamp_micros(row.timestamp_us)
+            .map(|time| time.date_naive())
+            .unwrap_or_default();
+        let spill = self.dates.entry(date).or_default();
+        spill.buffer.push(row);
+        if spill.buffer.len() >= ROWS_PER_SPILL_BATCH {
+            let path = self
+                .spill_directory
+                .join(format!("{}.arrows", date.format("%Y-%m-%d")));
+            flush_spill(spill, path)?;
+        }
+        Ok(())
+    }
+
+    /// Writes every date's new events and removes the spill directory.
+    pub fn finish(mut self) -> Result<WrittenDates> {
+        let mut written = WrittenDates::default();
+        let dates = std::mem::take(&mut self.dates);
+        for (date, mut spill) in dates {
+            let path = self
+                .spill_directory
+                .join(format!("{}.arrows", date.format("%Y-%m-%d")));
+            flush_spill(&mut spill, path)?;
+            let batches = read_spill(&mut spill)?;
+            self.write_date(date, &batches, &mut written)?;
+            let _ = std::fs::remove_file(&spill.path);
+        }
+        let _ = std::fs::remove_dir_all(&self.spill_directory);
+        Ok(written)
+    }
+
+    fn write_date(
+        &self,
+        date: NaiveDate,
+        batches: &[RecordBatch],
+        written: &mut WrittenDates,
+    ) -> Result<()> {
+        let batch = concat_batches(&events_schema(), batches)?;
+        let directory = date_directory(&self.out, date);
+        let mut stored = stored_uuid_hashes(&directory)?;
+        let uuids = batch.column(UUID_COLUMN).as_string::<i32>();
+        let keep: BooleanArray = (0..uuids.len())
+            .map(|row| Some(stored.insert(uuid_hash(uuids.value(row)))))
+            .collect();
+        let new_events = filter_record_batch(&batch, &keep)?;
+        written.duplicates += (batch.num_rows() - new_events.num_rows()) as u64;
+        if new_events.num_rows() == 0 {
+            return Ok(());
+        }
+        let sort_key: Vec<SortColumn> = [DISTINCT_ID_COLUMN, TIMESTAMP_COLUMN, UUID_COLUMN]
+            .into_iter()
+            .map(|column| SortColumn {
+                values: Arc::clone(new_events.column(column)),
+                options: None,
+            })
+            .collect();
+        let order = lexsort_to_indices(&sort_key, None)?;
+        let sorted = take_record_batch(&new_events, &order)?;
+        std::fs::create_dir_all(&directory).map_err(|source| SessionqlError::Write {
+            path: directory.clone(),
+            source,
+        })?;
+        let mut offset = 0;
+        while offset < sorted.num_rows() {
+            let length = self.rows_per_file.min(sorted.num_rows() - offset);
+            let name = format!("part-{}-{:04}.parquet", self.run_id, written.files.len());
+            let path = directory.join(&name);
+            write_parquet_atomically(&sorted.slice(offset, length), &directory, &name)?;
+            written.events += length as u64;
+            written.files.push(path);
+            offset += length;
+        }
+        Ok(())
+    }
+}
+
+fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
+    if spill.buffer.is_empty() {
+        return Ok(());
+    }
+    let batch = spill.buffer.finish()?;
+    if spill.writer.is_none() {
+        let file = File::create(&path).map_err(|source| SessionqlError::Write {
+            path: path.clone(),
+            source,
+        })?;
+        spill.writer = Some(StreamWriter::try_new(
+            BufWriter::new(file),
+            &events_schema(),
+        )?);
+        spill.path = path;
+    }
+    if let Some(writer) = &mut spill.writer {
+        writer.write(&batch)?;
+    }
+    Ok(())
+}
+
+/// Closes a date's spill file and reads its batches back, in input order.
+fn read_spill(spill: &mut DateSpill) -> Result<Vec<RecordBatch>> {
+    let Some(mut writer) = spill.writer.take() else {
+        return Ok(Vec::new());
+    };
+    writer.finish()?;
+    drop(writer);
+    let file = File::open(&spill.path).map_err(|source| SessionqlError::EventsPath {
+        path: spill.path.clone(),
+        source,
+    })?;
+    let reader = StreamReader::try_new(BufReader::new(file), None)?;
+    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+/// Hashes of the uuids already stored in a date's directory.
+fn stored_uuid_hashes(directory: &Path) -> Result<HashSet<(u64, u64)>> {
+    let mut hashes = HashSet::new();
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Ok(hashes);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let visible_parquet = path
+            .extension()
+            .is_some_and(|extension| extension == "parquet")
+            && !entry.file_name().to_string_lossy().starts_with('.');
+        if !visible_parquet {
+            continue;
+        }
+        let open_error = |message: String| SessionqlError::EventFile {
+            file: path.clone(),
+            message,
+        };
+        let file = File::open(&path).map_err(|error| open_error(error.to_string()))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|error| open_error(format!("not a readable Parquet file: {error}")))?;
+        let mask = ProjectionMask::columns(builder.parquet_schema(), ["uuid"]);
+        let reader = builder
+            .with_projection(mask)
+            .build()
+            .map_err(|error| open_error(error.to_string()))?;
+        for batch in reader {
+            let batch = batch?;
+            let uuids = batch.column(0).as_string::<i32>();
+            hashes.extend(uuids.iter().flatten().map(uuid_hash));
+        }
+    }
+    Ok(hashes)
+}
+
+/// 128 bits of a uuid: equal uuids collide, distinct ones practically never.
+fn uuid_hash(uuid: &str) -> (u64, u64) {
+    (
+        stable_hash64(11, uuid.as_bytes()),
+        stable_hash64(12, uuid.as_bytes()),
+    )
+}
+
+/// Writes `batch` to `directory/.name.tmp`, then renames it to `name`.
+fn write_parquet_atomically(batch: &RecordBatch, directory: &Path, name: &str) -> Result<()> {
+    let temporary = directory.join(format!(".{name}.tmp"));
+    let target = directory.join(name);
+    let write_error = |message: String| SessionqlError::EventFile {
+        file: temporary.clone(),
+        message,
+    };
+    let file = File::create(&temporary).map_err(|source| SessionqlError::Write {
+        path: temporary.clone(),
+        source,
+    })?;
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
+        .set_sorting_columns(Some(declared_sorting_columns()))
+        .build();
+    let mut writer = ArrowWriter::try_new(file, events_schema(), Some(properties))
+        .map_err(|error| write_error(error.to_string()))?;
+    writer
+        .write(batch)
+        .map_err(|error| write_error(error.to_string()))?;
+    let file = writer
+        .into_inner()
+        .map_err(|error| write_error(error.to_string()))?;
+    file.sync_all().map_err(|source| SessionqlError::Write {
+        path: temporary.clone(),
+        source,
+    })?;
+    std::fs::rename(&temporary, &target).map_err(|source| SessionqlError::Write {
+        path: target.clone(),
+        source,
+    })
+}
