@@ -53,7 +53,7 @@ pub fn parse_timestamp_us(text: &str) -> Result<i64, String> {
 
 /// A JSON value as the text of a string column: strings as they are, numbers
 /// and booleans as written, objects and arrays as JSON, null as missing.
-pub(crate) fn json_text(value: Value) -> Option<String> {
+fn json_text(value: Value) -> Option<String> {
     match value {
         Value::Null => None,
         Value::String(text) => Some(text),

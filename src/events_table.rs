@@ -20,6 +20,7 @@ use datafusion::datasource::listing::{
 use datafusion::datasource::{MemTable, ViewTable, provider_as_source};
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder, cast, col, lit};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::file::metadata::ParquetMetaData;
 use serde_json::Value;
 
 use crate::error::{Result, SessionqlError};
@@ -171,10 +172,11 @@ pub fn events_table(
     };
     let table: Arc<dyn TableProvider> = match format {
         EventFormat::Parquet => {
+            let mut all_sorted = true;
             for file in &files {
-                check_parquet_schema(file)?;
+                all_sorted &= check_parquet_schema(file)?;
             }
-            parquet_table(&files)?
+            parquet_table(&files, all_sorted)?
         }
         EventFormat::NdJson | EventFormat::Csv => {
             let batches = load_rows(format, &files, &mut report)?;
@@ -185,7 +187,10 @@ pub fn events_table(
     Ok((table, report))
 }
 
-fn parquet_table(files: &[PathBuf]) -> Result<Arc<dyn TableProvider>> {
+/// The Parquet listing table; `sorted` declares that every file is sorted by
+/// (`distinct_id`, `timestamp`), as `sessionql ingest` writes them, so
+/// DataFusion can skip sorting where the file groups allow it.
+fn parquet_table(files: &[PathBuf], sorted: bool) -> Result<Arc<dyn TableProvider>> {
     let urls = files
         .iter()
         .map(|file| {
@@ -197,8 +202,14 @@ fn parquet_table(files: &[PathBuf]) -> Result<Arc<dyn TableProvider>> {
             Ok(ListingTableUrl::parse(absolute.to_string_lossy())?)
         })
         .collect::<Result<Vec<_>>>()?;
-    let options =
+    let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    if sorted {
+        options = options.with_file_sort_order(vec![vec![
+            col("distinct_id").sort(true, false),
+            col("timestamp").sort(true, false),
+        ]]);
+    }
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
         .with_schema(events_schema());
@@ -207,7 +218,9 @@ fn parquet_table(files: &[PathBuf]) -> Result<Arc<dyn TableProvider>> {
 
 /// Rejects a Parquet file that lacks a required column or has a column of a
 /// type the events schema cannot read, naming the file and the column.
-fn check_parquet_schema(file: &Path) -> Result<()> {
+/// Returns whether the file declares itself sorted by (`distinct_id`,
+/// `timestamp`) in every row group.
+fn check_parquet_schema(file: &Path) -> Result<bool> {
     let open_error = |message: String| SessionqlError::EventFile {
         file: file.to_path_buf(),
         message,
@@ -244,7 +257,29 @@ fn check_parquet_schema(file: &Path) -> Result<()> {
             });
         }
     }
-    Ok(())
+    Ok(declares_session_order(builder.metadata()))
+}
+
+/// True when every row group says it is sorted by `distinct_id`, then
+/// `timestamp`, ascending (further sort columns do not matter).
+fn declares_session_order(metadata: &ParquetMetaData) -> bool {
+    let columns = metadata.file_metadata().schema_descr();
+    let row_groups = metadata.row_groups();
+    !row_groups.is_empty()
+        && row_groups.iter().all(|row_group| {
+            let Some(sorting) = row_group.sorting_columns() else {
+                return false;
+            };
+            let names: Vec<String> = sorting
+                .iter()
+                .take(2)
+                .filter(|column| !column.descending)
+                .filter_map(|column| usize::try_from(column.column_idx).ok())
+                .filter(|index| *index < columns.num_columns())
+                .map(|index| columns.column(index).name().to_string())
+                .collect();
+            names == ["distinct_id", "timestamp"]
+        })
 }
 
 fn load_rows(

@@ -158,6 +158,9 @@ impl NdjsonFiles {
         self.lines += 1;
         let line = posthog_event_json(row, arrival_us).to_string();
         self.write_line(&line)?;
+        if let Some((_, _, _, events)) = &mut self.current {
+            *events += 1;
+        }
         if self.lines % MALFORMED_EVERY == MALFORMED_EVERY / 2 {
             let kind = (self.lines / MALFORMED_EVERY) as usize % MALFORMED_LINES.len();
             self.write_line(MALFORMED_LINES[kind])?;
@@ -183,12 +186,11 @@ impl NdjsonFiles {
             })?;
             self.current = Some((BufWriter::new(file), temporary_path, final_path, 0));
         }
-        if let Some((writer, temporary_path, _, rows)) = &mut self.current {
+        if let Some((writer, temporary_path, _, _)) = &mut self.current {
             writeln!(writer, "{line}").map_err(|source| SessionqlError::Write {
                 path: temporary_path.clone(),
                 source,
             })?;
-            *rows += 1;
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //!
 //! While input is read, each date's events go to a spill file of its own (an
 //! Arrow IPC stream in a hidden run directory), so memory holds only a small
-//! buffer per date. At the end each date is read back alone: duplicates of
+//! buffer per date. At the end each date is read back alone (a thread per
+//! core, a date each): duplicates of
 //! events already stored (in this run or in the date's existing files) are
 //! dropped, the rest sorted by (`distinct_id`, `timestamp`, `uuid`) and
 //! written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is written
@@ -15,8 +16,11 @@ use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
 use chrono::{DateTime, NaiveDate};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
@@ -31,7 +35,6 @@ use datafusion::parquet::file::properties::WriterProperties;
 use sessionql_udfs::stable_hash::stable_hash64;
 
 use crate::error::{Result, SessionqlError};
-use crate::event_rows::{EventBatchBuilder, EventRow};
 use crate::events_schema::events_schema;
 
 /// Rows a date collects in memory before they go to its spill file.
@@ -61,10 +64,12 @@ pub fn date_directory(out: &Path, date: NaiveDate) -> PathBuf {
     out.join(format!("date={}", date.format("%Y-%m-%d")))
 }
 
-/// One date's events while input is still being read.
+/// One date's events while input is still being read: batches waiting to be
+/// written together, and the spill file they go to.
 #[derive(Default)]
 struct DateSpill {
-    buffer: EventBatchBuilder,
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
     writer: Option<StreamWriter<BufWriter<File>>>,
     path: PathBuf,
 }
@@ -80,14 +85,25 @@ pub struct WrittenDates {
     pub files: Vec<PathBuf>,
 }
 
+impl WrittenDates {
+    fn add(&mut self, other: WrittenDates) {
+        self.events += other.events;
+        self.duplicates += other.duplicates;
+        self.files.extend(other.files);
+    }
+}
+
 /// Buckets events by date and writes each date's sorted files at the end.
 pub struct DatePartitions {
     out: PathBuf,
     run_id: String,
     spill_directory: PathBuf,
     rows_per_file: usize,
-    dates: BTreeMap<NaiveDate, DateSpill>,
+    dates: BTreeMap<i64, DateSpill>,
 }
+
+/// Microseconds in a day: event times divide into UTC dates by it.
+const DAY_US: i64 = 86_400_000_000;
 
 impl DatePartitions {
     /// Prepares a run writing into `out`; spills go to a hidden directory in it.
@@ -106,46 +122,94 @@ impl DatePartitions {
         })
     }
 
-    /// Adds one event to its date.
-    pub fn push(&mut self, row: EventRow) -> Result<()> {
-        let date = DateTime::from_timestamp_micros(row.timestamp_us)
-            .map(|time| time.date_naive())
-            .unwrap_or_default();
-        let spill = self.dates.entry(date).or_default();
-        spill.buffer.push(row);
-        if spill.buffer.len() >= ROWS_PER_SPILL_BATCH {
-            let path = self
-                .spill_directory
-                .join(format!("{}.arrows", date.format("%Y-%m-%d")));
+    /// Adds a batch of events (of the events schema), each to its date.
+    pub fn push_batch(&mut self, batch: RecordBatch) -> Result<()> {
+        let times = batch
+            .column(TIMESTAMP_COLUMN)
+            .as_primitive::<TimestampMicrosecondType>();
+        let days: Vec<i64> = times
+            .values()
+            .iter()
+            .map(|time| time.div_euclid(DAY_US))
+            .collect();
+        let Some(first_day) = days.first().copied() else {
+            return Ok(());
+        };
+        if days.iter().all(|day| *day == first_day) {
+            return self.push_to_day(first_day, batch);
+        }
+        let mut rows_by_day: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for (row, day) in days.iter().enumerate() {
+            rows_by_day.entry(*day).or_default().push(row as u32);
+        }
+        for (day, rows) in rows_by_day {
+            let part = take_record_batch(&batch, &UInt32Array::from(rows))?;
+            self.push_to_day(day, part)?;
+        }
+        Ok(())
+    }
+
+    fn push_to_day(&mut self, day: i64, batch: RecordBatch) -> Result<()> {
+        let spill = self.dates.entry(day).or_default();
+        spill.pending_rows += batch.num_rows();
+        spill.pending.push(batch);
+        if spill.pending_rows >= ROWS_PER_SPILL_BATCH {
+            let path = self.spill_directory.join(format!("{day}.arrows"));
             flush_spill(spill, path)?;
         }
         Ok(())
     }
 
-    /// Writes every date's new events and removes the spill directory.
-    pub fn finish(mut self) -> Result<WrittenDates> {
-        let mut written = WrittenDates::default();
-        let dates = std::mem::take(&mut self.dates);
-        for (date, mut spill) in dates {
-            let path = self
-                .spill_directory
-                .join(format!("{}.arrows", date.format("%Y-%m-%d")));
-            flush_spill(&mut spill, path)?;
-            let batches = read_spill(&mut spill)?;
-            self.write_date(date, &batches, &mut written)?;
-            let _ = std::fs::remove_file(&spill.path);
+    /// Writes every date's new events, `threads` dates at a time, and removes
+    /// the spill directory.
+    pub fn finish(mut self, threads: usize) -> Result<WrittenDates> {
+        let mut dates: Vec<(i64, DateSpill)> = std::mem::take(&mut self.dates).into_iter().collect();
+        for (day, spill) in &mut dates {
+            let path = self.spill_directory.join(format!("{day}.arrows"));
+            flush_spill(spill, path)?;
         }
+        let queue = Mutex::new(dates.into_iter());
+        let results: Mutex<Vec<(i64, Result<WrittenDates>)>> = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..threads.max(1) {
+                scope.spawn(|| {
+                    loop {
+                        let next = match queue.lock() {
+                            Ok(mut queue) => queue.next(),
+                            Err(_) => None,
+                        };
+                        let Some((day, mut spill)) = next else {
+                            return;
+                        };
+                        let result = self.write_day(day, &mut spill);
+                        let _ = std::fs::remove_file(&spill.path);
+                        if let Ok(mut results) = results.lock() {
+                            results.push((day, result));
+                        }
+                    }
+                });
+            }
+        });
         let _ = std::fs::remove_dir_all(&self.spill_directory);
+        let mut results = results
+            .into_inner()
+            .map_err(|_| SessionqlError::Invalid("a date writer stopped unexpectedly".into()))?;
+        results.sort_by_key(|(day, _)| *day);
+        let mut written = WrittenDates::default();
+        for (_, result) in results {
+            written.add(result?);
+        }
         Ok(written)
     }
 
-    fn write_date(
-        &self,
-        date: NaiveDate,
-        batches: &[RecordBatch],
-        written: &mut WrittenDates,
-    ) -> Result<()> {
-        let batch = concat_batches(&events_schema(), batches)?;
+    fn write_day(&self, day: i64, spill: &mut DateSpill) -> Result<WrittenDates> {
+        let date = DateTime::from_timestamp_micros(day * DAY_US)
+            .map(|time| time.date_naive())
+            .unwrap_or_default();
+        let batches = read_spill(spill)?;
+        let mut written = WrittenDates::default();
+        let batch = concat_batches(&events_schema(), &batches)?;
+        drop(batches);
         let directory = date_directory(&self.out, date);
         let mut stored = stored_uuid_hashes(&directory)?;
         let uuids = batch.column(UUID_COLUMN).as_string::<i32>();
@@ -154,8 +218,9 @@ impl DatePartitions {
             .collect();
         let new_events = filter_record_batch(&batch, &keep)?;
         written.duplicates += (batch.num_rows() - new_events.num_rows()) as u64;
+        drop(batch);
         if new_events.num_rows() == 0 {
-            return Ok(());
+            return Ok(written);
         }
         let sort_key: Vec<SortColumn> = [DISTINCT_ID_COLUMN, TIMESTAMP_COLUMN, UUID_COLUMN]
             .into_iter()
@@ -166,6 +231,7 @@ impl DatePartitions {
             .collect();
         let order = lexsort_to_indices(&sort_key, None)?;
         let sorted = take_record_batch(&new_events, &order)?;
+        drop(new_events);
         std::fs::create_dir_all(&directory).map_err(|source| SessionqlError::Write {
             path: directory.clone(),
             source,
@@ -174,21 +240,22 @@ impl DatePartitions {
         while offset < sorted.num_rows() {
             let length = self.rows_per_file.min(sorted.num_rows() - offset);
             let name = format!("part-{}-{:04}.parquet", self.run_id, written.files.len());
-            let path = directory.join(&name);
             write_parquet_atomically(&sorted.slice(offset, length), &directory, &name)?;
             written.events += length as u64;
-            written.files.push(path);
+            written.files.push(directory.join(name));
             offset += length;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
 fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
-    if spill.buffer.is_empty() {
+    if spill.pending.is_empty() {
         return Ok(());
     }
-    let batch = spill.buffer.finish()?;
+    let batch = concat_batches(&events_schema(), &spill.pending)?;
+    spill.pending.clear();
+    spill.pending_rows = 0;
     if spill.writer.is_none() {
         let file = File::create(&path).map_err(|source| SessionqlError::Write {
             path: path.clone(),

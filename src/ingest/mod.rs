@@ -9,6 +9,7 @@
 pub mod date_partitions;
 pub mod event_time;
 pub mod input;
+pub mod json_spans;
 pub mod posthog_event;
 pub mod quarantine;
 
@@ -23,14 +24,16 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::error::{Result, SessionqlError};
-use crate::event_rows::EventRow;
+use datafusion::arrow::record_batch::RecordBatch;
+
+use crate::event_rows::EventBatchBuilder;
 use date_partitions::DatePartitions;
 use input::{UnreadableInput, input_files, open_input, stored_size};
-use posthog_event::{event_row, payload_events};
+use posthog_event::line_events;
 use quarantine::Quarantine;
 
-/// Lines handed to a parsing thread at a time.
-const LINES_PER_CHUNK: usize = 2_048;
+/// Bytes of whole lines handed to a parsing thread at a time.
+const BYTES_PER_CHUNK: usize = 1 << 20;
 /// Inputs larger than this (in all) show a progress bar on a terminal.
 const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
 /// The lock file that keeps two ingests from writing one directory at once.
@@ -89,33 +92,29 @@ pub struct IngestSummary {
     pub quarantine_file: Option<PathBuf>,
 }
 
-/// Lines of one input, numbered, on their way to a parsing thread.
+/// Whole lines of one input, in one buffer, on their way to a parsing thread.
 struct LineChunk {
     sequence: u64,
     file: usize,
     first_line: u64,
-    lines: Vec<Vec<u8>>,
+    bytes: Vec<u8>,
 }
 
-/// What one input line (or batch item) became. Nearly every outcome is an
-/// event, so boxing the row would only add an allocation per event.
-#[allow(clippy::large_enum_variant)]
-enum Outcome {
-    Event(EventRow),
-    Rejected {
-        line: u64,
-        item: Option<usize>,
-        reason: String,
-        raw: String,
-    },
+/// An input line (or batch item) that is not an event.
+struct Rejected {
+    line: u64,
+    item: Option<usize>,
+    reason: String,
+    raw: String,
 }
 
-/// A chunk after parsing.
+/// A chunk after parsing: its events as one batch, and what was rejected.
 struct ParsedChunk {
     sequence: u64,
     file: usize,
     lines: u64,
-    outcomes: Vec<Outcome>,
+    events: Option<RecordBatch>,
+    rejected: Vec<Rejected>,
 }
 
 /// Runs an ingest. Fails only when no input could be read at all (or the
@@ -188,7 +187,7 @@ pub fn ingest(options: &IngestOptions) -> Result<IngestSummary> {
     summary.unreadable.extend(read_failures);
     progress.finish_and_clear();
 
-    let written = partitions.finish()?;
+    let written = partitions.finish(threads)?;
     summary.ingested = written.events;
     summary.duplicates = written.duplicates;
     summary.files = written.files;
@@ -299,40 +298,39 @@ fn read_inputs(
     (read, failures)
 }
 
-/// Sends one input's lines; `Ok(false)` when the receiving side has gone.
+/// Sends one input's lines, about a megabyte at a time; `Ok(false)` when the
+/// receiving side has gone.
 fn read_lines(
     mut reader: Box<dyn BufRead + Send>,
     file: usize,
     sequence: &mut u64,
     chunks: &SyncSender<LineChunk>,
 ) -> std::io::Result<bool> {
-    let mut line_number = 0;
+    let mut next_line = 1;
     loop {
-        let mut lines = Vec::with_capacity(LINES_PER_CHUNK);
-        let first_line = line_number + 1;
-        while lines.len() < LINES_PER_CHUNK {
-            let mut line = Vec::new();
-            if reader.read_until(b'\n', &mut line)? == 0 {
+        let mut bytes = Vec::with_capacity(BYTES_PER_CHUNK + 4096);
+        let first_line = next_line;
+        let mut at_end = false;
+        while bytes.len() < BYTES_PER_CHUNK {
+            if reader.read_until(b'\n', &mut bytes)? == 0 {
+                at_end = true;
                 break;
             }
-            line_number += 1;
-            lines.push(line);
+            next_line += 1;
         }
-        if lines.is_empty() {
-            return Ok(true);
+        if !bytes.is_empty() {
+            let chunk = LineChunk {
+                sequence: *sequence,
+                file,
+                first_line,
+                bytes,
+            };
+            *sequence += 1;
+            if chunks.send(chunk).is_err() {
+                return Ok(false);
+            }
         }
-        let full = lines.len() == LINES_PER_CHUNK;
-        let chunk = LineChunk {
-            sequence: *sequence,
-            file,
-            first_line,
-            lines,
-        };
-        *sequence += 1;
-        if chunks.send(chunk).is_err() {
-            return Ok(false);
-        }
-        if !full {
+        if at_end {
             return Ok(true);
         }
     }
@@ -358,65 +356,59 @@ fn parse_chunks(
 }
 
 fn parse_chunk(chunk: LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
-    let mut outcomes = Vec::with_capacity(chunk.lines.len());
+    let mut events = EventBatchBuilder::default();
+    let mut rejected = Vec::new();
     let mut lines = 0;
-    for (index, bytes) in chunk.lines.iter().enumerate() {
+    let body = chunk.bytes.strip_suffix(b"\n").unwrap_or(&chunk.bytes);
+    for (index, bytes) in body.split(|byte| *byte == b'\n').enumerate() {
         let line = chunk.first_line + index as u64;
         let trimmed = bytes.trim_ascii();
         if trimmed.is_empty() {
             continue;
         }
         lines += 1;
-        let rejected = |item: Option<usize>, reason: String, raw: String| Outcome::Rejected {
-            line,
-            item,
-            reason,
-            raw,
-        };
         let raw_line = || String::from_utf8_lossy(trimmed).into_owned();
-        let payload = match serde_json::from_slice(trimmed) {
-            Ok(payload) => payload,
-            Err(error) => {
-                outcomes.push(rejected(
-                    None,
-                    format!("not valid JSON ({error})"),
-                    raw_line(),
-                ));
-                continue;
-            }
+        let mut reject = |item: Option<usize>, reason: String, raw: String| {
+            rejected.push(Rejected {
+                line,
+                item,
+                reason,
+                raw,
+            });
         };
-        let events = match payload_events(payload) {
-            Ok(events) => events,
-            Err(reason) => {
-                outcomes.push(rejected(None, reason, raw_line()));
-                continue;
-            }
+        if let Err(error) = serde_json::from_slice::<serde::de::IgnoredAny>(trimmed) {
+            reject(None, format!("not valid JSON ({error})"), raw_line());
+            continue;
+        }
+        // Valid JSON is valid UTF-8.
+        let Ok(text) = std::str::from_utf8(trimmed) else {
+            reject(None, "not valid JSON (not UTF-8)".into(), raw_line());
+            continue;
         };
-        let batched = events.len() > 1;
-        for (item, event) in events.into_iter().enumerate() {
-            let item_index = batched.then_some(item);
-            let outcome = match event {
-                Ok(event) => {
-                    // A batch item is quarantined as itself, not as the whole line.
-                    let item_text =
-                        batched.then(|| serde_json::to_string(&event).unwrap_or_default());
-                    match event_row(event, received_at_us) {
-                        Ok(row) => Outcome::Event(row),
-                        Err(reason) => {
-                            rejected(item_index, reason, item_text.unwrap_or_else(raw_line))
-                        }
-                    }
-                }
-                Err(reason) => rejected(item_index, reason, raw_line()),
-            };
-            outcomes.push(outcome);
+        let mut item_rejections = Vec::new();
+        let outcome = line_events(text, received_at_us, |item, event| match event {
+            Ok(row) => events.push(row),
+            Err(rejected) => item_rejections.push((item, rejected)),
+        });
+        if let Err(reason) = outcome {
+            reject(None, reason, raw_line());
+        }
+        for (item, rejected) in item_rejections {
+            reject(item, rejected.reason, rejected.raw);
         }
     }
+    let events = if events.is_empty() {
+        None
+    } else {
+        // The builder's columns always match the events schema.
+        events.finish().ok()
+    };
     ParsedChunk {
         sequence: chunk.sequence,
         file: chunk.file,
         lines,
-        outcomes,
+        events,
+        rejected,
     }
 }
 
@@ -441,19 +433,18 @@ fn apply_in_order(
             let file = files
                 .get(chunk.file)
                 .map_or(Path::new(""), PathBuf::as_path);
-            for outcome in chunk.outcomes {
-                match outcome {
-                    Outcome::Event(row) => {
-                        partitions.push(row)?;
-                        events += 1;
-                    }
-                    Outcome::Rejected {
-                        line,
-                        item,
-                        reason,
-                        raw,
-                    } => quarantine.add(file, line, item, &reason, &raw)?,
-                }
+            for rejected in chunk.rejected {
+                quarantine.add(
+                    file,
+                    rejected.line,
+                    rejected.item,
+                    &rejected.reason,
+                    &rejected.raw,
+                )?;
+            }
+            if let Some(batch) = chunk.events {
+                events += batch.num_rows() as u64;
+                partitions.push_batch(batch)?;
             }
             let seconds = started.elapsed().as_secs_f64().max(1e-3);
             progress.set_message(format!("{:.0} events/s", events as f64 / seconds));
