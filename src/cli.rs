@@ -106,6 +106,9 @@ pub enum Command {
         /// Parsing threads (0: one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// MiB of parsed events held in memory before spilling to disk.
+        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        memory_budget_mb: usize,
     },
     /// Generate realistic events (deterministic for a seed) as Parquet or PostHog NDJSON.
     Generate {
@@ -136,6 +139,21 @@ pub enum Command {
 /// The benchmarks of `sessionql bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchSuite {
+    /// `sessionql ingest` on the generator's PostHog NDJSON (generated once, cached).
+    Ingest {
+        /// Events to generate and ingest.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Runs; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Parsing threads (0: one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Where the generated input is kept between runs.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
     /// `channel_type` over synthetic rows covering every rule family.
     ChannelType {
         /// Rows to classify.
@@ -310,6 +328,22 @@ async fn execute(cli: Cli) -> Result<()> {
         Command::Bench {
             suite: BenchSuite::ChannelType { rows, runs },
         } => crate::bench::bench_channel_type(rows, runs).await,
+        Command::Bench {
+            suite:
+                BenchSuite::Ingest {
+                    events,
+                    runs,
+                    threads,
+                    data,
+                },
+        } => {
+            let data = data.unwrap_or_else(crate::bench::ingest::default_data_directory);
+            tokio::task::spawn_blocking(move || {
+                crate::bench::bench_ingest(events, runs, threads, &data)
+            })
+            .await
+            .map_err(|error| SessionqlError::Invalid(format!("benchmark stopped: {error}")))?
+        }
         Command::Ingest {
             inputs,
             out,
@@ -317,6 +351,7 @@ async fn execute(cli: Cli) -> Result<()> {
             quarantine,
             events_per_file,
             threads,
+            memory_budget_mb,
         } => {
             let received_at_us = received_at
                 .map(|text| {
@@ -330,6 +365,7 @@ async fn execute(cli: Cli) -> Result<()> {
                 quarantine,
                 rows_per_file: events_per_file,
                 threads,
+                memory_budget_bytes: memory_budget_mb.saturating_mul(1024 * 1024),
                 ..IngestOptions::new(inputs, out)
             };
             let started = std::time::Instant::now();

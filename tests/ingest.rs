@@ -51,7 +51,14 @@ fn ingest(args: &[&str]) -> String {
 
 /// A query's CSV output over an events directory.
 fn query_csv(events: &Path, sql: &str) -> String {
-    let output = run(&["query", "--events", path_str(events), "--format", "csv", sql]);
+    let output = run(&[
+        "query",
+        "--events",
+        path_str(events),
+        "--format",
+        "csv",
+        sql,
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     stdout(&output)
 }
@@ -88,7 +95,9 @@ fn timestamps_follow_posthogs_rules() {
         "2024-03-02T00:00:00Z",
     ]);
     assert!(
-        summary.contains("read 15 lines from 1 input(s): ingested 16 events, 0 duplicates, 0 quarantined"),
+        summary.contains(
+            "read 15 lines from 1 input(s): ingested 16 events, 0 duplicates, 0 quarantined"
+        ),
         "{summary}"
     );
     let expected = "\
@@ -181,7 +190,9 @@ fn malformed_lines_are_quarantined_with_file_line_and_reason() {
         path_str(&quarantine),
     ]);
     assert!(
-        summary.contains("read 12 lines from 1 input(s): ingested 4 events, 0 duplicates, 10 quarantined"),
+        summary.contains(
+            "read 12 lines from 1 input(s): ingested 4 events, 0 duplicates, 10 quarantined"
+        ),
         "{summary}"
     );
     assert_eq!(
@@ -261,12 +272,7 @@ fn duplicates_are_stored_once_across_runs() {
         "{summary}"
     );
     // Running the same ingest again changes nothing.
-    let summary = ingest(&[
-        path_str(&first),
-        path_str(&second),
-        "--out",
-        path_str(&out),
-    ]);
+    let summary = ingest(&[path_str(&first), path_str(&second), "--out", path_str(&out)]);
     assert!(
         summary.contains("ingested 0 events, 8 duplicates"),
         "{summary}"
@@ -300,13 +306,7 @@ fn gzip_files_directories_and_standard_input() {
     write_file(&inputs, "notes.txt", "not an input\n");
     let out = directory.path().join("events");
     let mut child = sessionql()
-        .args([
-            "ingest",
-            path_str(&inputs),
-            "-",
-            "--out",
-            path_str(&out),
-        ])
+        .args(["ingest", path_str(&inputs), "-", "--out", path_str(&out)])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -345,7 +345,10 @@ fn nothing_readable_fails_and_a_missing_input_is_only_a_warning() {
     let output = run(&["ingest", path_str(&missing), "--out", path_str(&out)]);
     assert_eq!(output.status.code(), Some(1));
     let message = stderr(&output);
-    assert!(message.starts_with("error: nothing could be read"), "{message}");
+    assert!(
+        message.starts_with("error: nothing could be read"),
+        "{message}"
+    );
     assert!(message.contains("missing.ndjson"), "{message}");
 
     let good = write_file(
@@ -472,7 +475,10 @@ fn walk(directory: &Path) -> Vec<PathBuf> {
 fn count_parquet_files(directory: &Path) -> usize {
     walk(directory)
         .iter()
-        .filter(|path| path.extension().is_some_and(|extension| extension == "parquet"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "parquet")
+        })
         .count()
 }
 
@@ -503,8 +509,15 @@ fn generated_ndjson_round_trips_to_the_same_sessions() {
     assert!(text.contains("\"sent_at\""));
     assert!(text.contains("+02:00\""));
     assert!(text.lines().any(|line| line.starts_with('[')));
+    // A tiny memory budget makes every date go through its spill file.
     let ingested = directory.path().join("ingested");
-    let summary = ingest(&[path_str(&ndjson), "--out", path_str(&ingested)]);
+    let summary = ingest(&[
+        path_str(&ndjson),
+        "--out",
+        path_str(&ingested),
+        "--memory-budget-mb",
+        "1",
+    ]);
     assert!(summary.contains("4 quarantined"), "{summary}");
     let sql = "SELECT * FROM sessions ORDER BY session_id";
     let from_parquet = query_csv(&parquet, sql);

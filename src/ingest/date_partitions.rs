@@ -1,8 +1,8 @@
 //! Ingested events, bucketed by UTC date and written as sorted Parquet.
 //!
-//! While input is read, each date's events go to a spill file of its own (an
-//! Arrow IPC stream in a hidden run directory), so memory holds only a small
-//! buffer per date. At the end each date is read back alone (a thread per
+//! While input is read, each date's events wait in memory; past a memory
+//! budget they go to a spill file per date (an Arrow IPC stream in a hidden
+//! run directory), so memory stays bounded however large the input. At the end each date is read back alone (a thread per
 //! core, a date each): duplicates of
 //! events already stored (in this run or in the date's existing files) are
 //! dropped, the rest sorted by (`distinct_id`, `timestamp`, `uuid`) and
@@ -20,10 +20,10 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDate};
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::arrow::compute::{
     SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
 };
+use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -37,8 +37,6 @@ use sessionql_udfs::stable_hash::stable_hash64;
 use crate::error::{Result, SessionqlError};
 use crate::events_schema::events_schema;
 
-/// Rows a date collects in memory before they go to its spill file.
-const ROWS_PER_SPILL_BATCH: usize = 8_192;
 /// Rows per Parquet row group: small enough for time pruning to skip some.
 const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
 
@@ -100,6 +98,8 @@ pub struct DatePartitions {
     spill_directory: PathBuf,
     rows_per_file: usize,
     dates: BTreeMap<i64, DateSpill>,
+    buffered_bytes: usize,
+    memory_budget: usize,
 }
 
 /// Microseconds in a day: event times divide into UTC dates by it.
@@ -107,7 +107,13 @@ const DAY_US: i64 = 86_400_000_000;
 
 impl DatePartitions {
     /// Prepares a run writing into `out`; spills go to a hidden directory in it.
-    pub fn new(out: &Path, run_id: &str, rows_per_file: usize) -> Result<Self> {
+    /// `memory_budget` bytes of events wait in memory before spilling.
+    pub fn new(
+        out: &Path,
+        run_id: &str,
+        rows_per_file: usize,
+        memory_budget: usize,
+    ) -> Result<Self> {
         let spill_directory = out.join(format!(".ingest-{run_id}"));
         std::fs::create_dir_all(&spill_directory).map_err(|source| SessionqlError::Write {
             path: spill_directory.clone(),
@@ -119,6 +125,8 @@ impl DatePartitions {
             spill_directory,
             rows_per_file: rows_per_file.max(1),
             dates: BTreeMap::new(),
+            buffered_bytes: 0,
+            memory_budget,
         })
     }
 
@@ -150,12 +158,17 @@ impl DatePartitions {
     }
 
     fn push_to_day(&mut self, day: i64, batch: RecordBatch) -> Result<()> {
+        self.buffered_bytes += batch.get_array_memory_size();
         let spill = self.dates.entry(day).or_default();
         spill.pending_rows += batch.num_rows();
         spill.pending.push(batch);
-        if spill.pending_rows >= ROWS_PER_SPILL_BATCH {
-            let path = self.spill_directory.join(format!("{day}.arrows"));
-            flush_spill(spill, path)?;
+        if self.buffered_bytes > self.memory_budget {
+            // Over budget: every date's waiting rows go to its spill file.
+            for (day, spill) in &mut self.dates {
+                let path = self.spill_directory.join(format!("{day}.arrows"));
+                flush_spill(spill, path)?;
+            }
+            self.buffered_bytes = 0;
         }
         Ok(())
     }
@@ -163,11 +176,7 @@ impl DatePartitions {
     /// Writes every date's new events, `threads` dates at a time, and removes
     /// the spill directory.
     pub fn finish(mut self, threads: usize) -> Result<WrittenDates> {
-        let mut dates: Vec<(i64, DateSpill)> = std::mem::take(&mut self.dates).into_iter().collect();
-        for (day, spill) in &mut dates {
-            let path = self.spill_directory.join(format!("{day}.arrows"));
-            flush_spill(spill, path)?;
-        }
+        let dates: Vec<(i64, DateSpill)> = std::mem::take(&mut self.dates).into_iter().collect();
         let queue = Mutex::new(dates.into_iter());
         let results: Mutex<Vec<(i64, Result<WrittenDates>)>> = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
@@ -273,10 +282,12 @@ fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
     Ok(())
 }
 
-/// Closes a date's spill file and reads its batches back, in input order.
+/// A date's batches in input order: those read back from its spill file,
+/// then those still in memory.
 fn read_spill(spill: &mut DateSpill) -> Result<Vec<RecordBatch>> {
+    let pending = std::mem::take(&mut spill.pending);
     let Some(mut writer) = spill.writer.take() else {
-        return Ok(Vec::new());
+        return Ok(pending);
     };
     writer.finish()?;
     drop(writer);
@@ -285,7 +296,9 @@ fn read_spill(spill: &mut DateSpill) -> Result<Vec<RecordBatch>> {
         source,
     })?;
     let reader = StreamReader::try_new(BufReader::new(file), None)?;
-    Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+    let mut batches = reader.collect::<std::result::Result<Vec<_>, _>>()?;
+    batches.extend(pending);
+    Ok(batches)
 }
 
 /// Hashes of the uuids already stored in a date's directory.

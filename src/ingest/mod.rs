@@ -55,6 +55,9 @@ pub struct IngestOptions {
     pub rows_per_file: usize,
     /// Parsing threads; 0 means one per core.
     pub threads: usize,
+    /// Bytes of parsed events kept in memory before they are spilled to disk:
+    /// small ingests never write twice, large ones stay within this much.
+    pub memory_budget_bytes: usize,
 }
 
 impl IngestOptions {
@@ -67,6 +70,7 @@ impl IngestOptions {
             quarantine: None,
             rows_per_file: 1_000_000,
             threads: 0,
+            memory_budget_bytes: 512 * 1024 * 1024,
         }
     }
 }
@@ -142,7 +146,12 @@ pub fn ingest(options: &IngestOptions) -> Result<IngestSummary> {
         .clone()
         .unwrap_or_else(|| out.join("_quarantine").join(format!("{run_id}.ndjson")));
     let mut quarantine = Quarantine::new(quarantine_path);
-    let mut partitions = DatePartitions::new(out, &run_id, options.rows_per_file)?;
+    let mut partitions = DatePartitions::new(
+        out,
+        &run_id,
+        options.rows_per_file,
+        options.memory_budget_bytes,
+    )?;
     let progress = progress_bar(files.iter().map(|file| stored_size(file)).sum());
     let threads = match options.threads {
         0 => std::thread::available_parallelism().map_or(1, |count| count.get()),

@@ -232,7 +232,10 @@ fn properties_text(raw: Option<&str>, empty: bool, extras: &[&Member<'_>]) -> Op
 
 /// The text of a JSON string value.
 fn decode_string(raw: &str) -> Result<String, String> {
-    match raw.strip_prefix('"').and_then(|inner| inner.strip_suffix('"')) {
+    match raw
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+    {
         Some(inner) if !inner.contains('\\') => Ok(inner.to_string()),
         _ => serde_json::from_str(raw).map_err(|error| format!("bad string {raw}: {error}")),
     }
@@ -271,7 +274,12 @@ fn time(raw: Option<&str>, key: &str) -> Result<Option<i64>, String> {
 
 /// The id of an event that came without one: the same event content always
 /// gets the same id, so re-ingesting it is recognised as a duplicate.
-fn derived_event_uuid(name: &str, distinct_id: &str, timestamp_us: i64, properties: &str) -> String {
+fn derived_event_uuid(
+    name: &str,
+    distinct_id: &str,
+    timestamp_us: i64,
+    properties: &str,
+) -> String {
     let mut key = Vec::with_capacity(name.len() + distinct_id.len() + properties.len() + 2);
     for part in [name, distinct_id, properties] {
         key.extend_from_slice(part.as_bytes());

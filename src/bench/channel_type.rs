@@ -1,12 +1,11 @@
-//! `sessionql bench`: speed, measured and printed, never asserted. The
-//! `channel-type` benchmark times `channel_type` over synthetic rows that
-//! cover every rule family, against the same query without it. (The sessions
-//! suite against DuckDB and plain DataFusion belongs to the benchmark issue.)
+//! `sessionql bench channel-type`: `channel_type` over synthetic rows that
+//! cover every rule family, against the same query without it.
 
 use std::time::{Duration, Instant};
 
 use sessionql_udfs::SessionqlConfig;
 
+use crate::bench::{median, peak_memory_mib};
 use crate::engine::{run_statements, session_context};
 use crate::error::Result;
 
@@ -27,19 +26,6 @@ fn channel_inputs_sql(rows: u64) -> String {
            CASE WHEN value % 19 = 0 THEN '1' END AS gad
          FROM generate_series(1, {rows})"
     )
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
-pub fn peak_memory_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 async fn time_query(sql: &str, runs: usize) -> Result<Duration> {
