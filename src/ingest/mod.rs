@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -162,18 +162,30 @@ pub fn ingest(options: &IngestOptions) -> Result<IngestSummary> {
     let (read_result, apply_result) = std::thread::scope(|scope| {
         let (chunk_sender, chunk_receiver) = sync_channel::<LineChunk>(threads * 2);
         let (parsed_sender, parsed_receiver) = sync_channel::<ParsedChunk>(threads * 2);
+        // Parsed chunks' buffers go back to the reader: fresh megabytes for
+        // every chunk would cost more in page faults than the parsing.
+        let (spare_sender, spare_receiver) = channel::<Vec<u8>>();
         let chunk_receiver = Arc::new(Mutex::new(chunk_receiver));
         let reader = {
             let progress = progress.clone();
             let files = &files;
-            scope.spawn(move || read_inputs(files, &chunk_sender, &progress))
+            scope.spawn(move || read_inputs(files, &chunk_sender, &spare_receiver, &progress))
         };
         for _ in 0..threads {
             let chunk_receiver = Arc::clone(&chunk_receiver);
             let parsed_sender = parsed_sender.clone();
+            let spare_sender = spare_sender.clone();
             let received_at_us = options.received_at_us;
-            scope.spawn(move || parse_chunks(&chunk_receiver, &parsed_sender, received_at_us));
+            scope.spawn(move || {
+                parse_chunks(
+                    &chunk_receiver,
+                    &parsed_sender,
+                    &spare_sender,
+                    received_at_us,
+                )
+            });
         }
+        drop(spare_sender);
         drop(parsed_sender);
         let apply_result = apply_in_order(
             &parsed_receiver,
@@ -277,6 +289,7 @@ fn progress_bar(total_bytes: u64) -> ProgressBar {
 fn read_inputs(
     files: &[PathBuf],
     chunks: &SyncSender<LineChunk>,
+    spare: &Receiver<Vec<u8>>,
     progress: &ProgressBar,
 ) -> (usize, Vec<UnreadableInput>) {
     let mut sequence = 0;
@@ -295,7 +308,7 @@ fn read_inputs(
             }
         };
         read += 1;
-        match read_lines(reader, file_index, &mut sequence, chunks) {
+        match read_lines(reader, file_index, &mut sequence, chunks, spare) {
             Ok(true) => {}
             Ok(false) => return (read, failures),
             Err(error) => failures.push(UnreadableInput {
@@ -314,10 +327,13 @@ fn read_lines(
     file: usize,
     sequence: &mut u64,
     chunks: &SyncSender<LineChunk>,
+    spare: &Receiver<Vec<u8>>,
 ) -> std::io::Result<bool> {
     let mut next_line = 1;
     loop {
-        let mut bytes = Vec::with_capacity(BYTES_PER_CHUNK + 4096);
+        let mut bytes = spare
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(BYTES_PER_CHUNK + 4096));
         let first_line = next_line;
         let mut at_end = false;
         while bytes.len() < BYTES_PER_CHUNK {
@@ -348,6 +364,7 @@ fn read_lines(
 fn parse_chunks(
     chunks: &Mutex<Receiver<LineChunk>>,
     parsed: &SyncSender<ParsedChunk>,
+    spare: &Sender<Vec<u8>>,
     received_at_us: Option<i64>,
 ) {
     loop {
@@ -358,13 +375,17 @@ fn parse_chunks(
         let Ok(chunk) = chunk else {
             return;
         };
-        if parsed.send(parse_chunk(chunk, received_at_us)).is_err() {
+        let parsed_chunk = parse_chunk(&chunk, received_at_us);
+        let mut bytes = chunk.bytes;
+        bytes.clear();
+        let _ = spare.send(bytes);
+        if parsed.send(parsed_chunk).is_err() {
             return;
         }
     }
 }
 
-fn parse_chunk(chunk: LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
+fn parse_chunk(chunk: &LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
     let mut events = EventBatchBuilder::default();
     let mut rejected = Vec::new();
     let mut lines = 0;
