@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
+use crate::bench::sessions_suite::{BenchEngine, SuiteOptions};
 use crate::engine::Engine;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::LoadReport;
@@ -79,10 +80,16 @@ pub enum Command {
         tls_key: Option<PathBuf>,
     },
     /// Measure speed (printed, never asserted).
+    /// With no benchmark named: the sessions query suite against DataFusion
+    /// plain SQL and DuckDB.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
-        /// Which benchmark.
+        /// Which benchmark (default: the sessions suite).
         #[command(subcommand)]
-        suite: BenchSuite,
+        suite: Option<BenchSuite>,
+        /// Options of the sessions suite.
+        #[command(flatten)]
+        sessions: SessionsBenchArgs,
     },
     /// Ingest PostHog events (exports or capture request bodies, one JSON per
     /// line, gzip accepted) into date-partitioned, sorted Parquet under --out.
@@ -136,9 +143,41 @@ pub enum Command {
     },
 }
 
+/// Options of the sessions suite (`sessionql bench`).
+#[derive(Debug, Clone, Args)]
+pub struct SessionsBenchArgs {
+    /// Events in the generated data set (90 days; generated once, cached).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Where generated data and the DuckDB virtualenv are kept.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Runs per query; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Engines to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BenchEngine::Sessionql, BenchEngine::Datafusion, BenchEngine::Duckdb])]
+    pub engines: Vec<BenchEngine>,
+}
+
 /// The benchmarks of `sessionql bench`.
 #[derive(Debug, Subcommand)]
 pub enum BenchSuite {
+    /// One query on one engine in this process, printed as JSON (used by the suite).
+    #[command(hide = true)]
+    RunOne {
+        /// sessionql or datafusion.
+        #[arg(long, value_enum)]
+        engine: BenchEngine,
+        /// The events directory.
+        #[arg(long)]
+        events: PathBuf,
+        /// Runs.
+        #[arg(long, default_value_t = 1)]
+        runs: usize,
+        /// The SQL.
+        sql: String,
+    },
     /// `sessionql ingest` on the generator's PostHog NDJSON (generated once, cached).
     Ingest {
         /// Events to generate and ingest.
@@ -326,16 +365,44 @@ async fn execute(cli: Cli) -> Result<()> {
             crate::flight::serve(engine, std::net::SocketAddr::new(host, port), options).await
         }
         Command::Bench {
-            suite: BenchSuite::ChannelType { rows, runs },
+            suite: None,
+            sessions,
+        } => {
+            let options = SuiteOptions {
+                events: sessions.events,
+                data: sessions
+                    .data
+                    .unwrap_or_else(crate::bench::ingest::default_data_directory),
+                runs: sessions.runs,
+                engines: sessions.engines,
+            };
+            tokio::task::spawn_blocking(move || crate::bench::bench_sessions(&options))
+                .await
+                .map_err(|error| SessionqlError::Invalid(format!("benchmark stopped: {error}")))?
+        }
+        Command::Bench {
+            suite:
+                Some(BenchSuite::RunOne {
+                    engine,
+                    events,
+                    runs,
+                    sql,
+                }),
+            ..
+        } => crate::bench::sessions_suite::run_one(engine, &events, runs, &sql).await,
+        Command::Bench {
+            suite: Some(BenchSuite::ChannelType { rows, runs }),
+            ..
         } => crate::bench::bench_channel_type(rows, runs).await,
         Command::Bench {
             suite:
-                BenchSuite::Ingest {
+                Some(BenchSuite::Ingest {
                     events,
                     runs,
                     threads,
                     data,
-                },
+                }),
+            ..
         } => {
             let data = data.unwrap_or_else(crate::bench::ingest::default_data_directory);
             tokio::task::spawn_blocking(move || {

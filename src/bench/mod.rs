@@ -3,11 +3,13 @@
 
 pub mod channel_type;
 pub mod ingest;
+pub mod sessions_suite;
 
 use std::time::Duration;
 
 pub use channel_type::bench_channel_type;
 pub use ingest::bench_ingest;
+pub use sessions_suite::bench_sessions;
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
 pub fn peak_memory_mib() -> Option<f64> {
