@@ -525,3 +525,61 @@ fn channel_type_benchmark_runs_and_reports() {
         "{text}"
     );
 }
+
+/// The sessions suite runs every query on sessionql and on DataFusion's plain
+/// SQL (DuckDB is left out here: it needs its wheel), after the agreement
+/// check. Figures are printed, never asserted.
+#[test]
+fn sessions_benchmark_runs_every_query_on_every_engine() {
+    let data = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "bench",
+        "--events",
+        "3000",
+        "--runs",
+        "1",
+        "--engines",
+        "sessionql,datafusion",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(!text.contains("failed"), "{text}");
+    assert!(text.contains("agreement (sessions, total duration s, bounces):"));
+    for query in 1..=7 {
+        for engine in ["sessionql", "datafusion-sql"] {
+            assert!(
+                text.lines()
+                    .any(|line| line.starts_with(&format!("{query} ")) && line.contains(engine)),
+                "query {query} on {engine}: {text}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ingest_benchmark_runs_and_reports() {
+    let data = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "bench",
+        "ingest",
+        "--events",
+        "5000",
+        "--runs",
+        "1",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with("ingest of 5000 generated PostHog events"),
+        "{text}"
+    );
+    assert!(
+        text.contains("events/s") && text.contains("peak memory"),
+        "{text}"
+    );
+    assert!(text.contains("1 quarantined"), "{text}");
+}

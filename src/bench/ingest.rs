@@ -5,7 +5,7 @@
 //! directory; each run ingests it into a fresh output directory.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bench::{median, peak_memory_mib};
@@ -41,6 +41,7 @@ pub fn generated_data(directory: &Path, events: u64, format: &str) -> Result<Pat
         .arg(events.to_string())
         .arg("--out")
         .arg(&target)
+        .stdout(Stdio::null())
         .status()
         .map_err(|source| SessionqlError::Write {
             path: target.clone(),
