@@ -2,6 +2,7 @@
 //! Every command builds its session through [`crate::Engine`].
 
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -15,6 +16,8 @@ use crate::events_table::LoadReport;
 use crate::generate::{GenerateOptions, GeneratedFormat, generate};
 use crate::ingest::{IngestOptions, IngestSummary, ingest};
 use crate::output::{OutputFormat, write_results};
+use crate::postgres::auth::{PasswordMethod, PgUsers};
+use crate::postgres::{PgServeOptions, serve_postgres};
 
 /// Skipped lines printed in full before the rest are only counted.
 const SKIPPED_LINES_SHOWN: usize = 20;
@@ -52,7 +55,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
-    /// Serve the engine over Arrow Flight SQL (loopback by default).
+    /// Serve the engine over Arrow Flight SQL and, with --pg-port, the
+    /// PostgreSQL wire protocol (loopback by default).
     Serve {
         /// Events and session settings.
         #[command(flatten)]
@@ -78,6 +82,15 @@ pub enum Command {
         /// The PEM private key of --tls-cert.
         #[arg(long, value_name = "FILE", requires = "tls_cert")]
         tls_key: Option<PathBuf>,
+        /// Also serve the PostgreSQL wire protocol on this port (psql, BI tools).
+        #[arg(long, value_name = "PORT")]
+        pg_port: Option<u16>,
+        /// How Postgres clients prove their password (with --users-file or --auth-token).
+        #[arg(long, value_enum, default_value_t = PasswordMethod::Scram)]
+        pg_password_method: PasswordMethod,
+        /// Serve only the Postgres protocol (needs --pg-port).
+        #[arg(long, requires = "pg_port")]
+        no_flight_sql: bool,
     },
     /// Measure speed (printed, never asserted).
     /// With no benchmark named: the sessions query suite against DataFusion
@@ -302,6 +315,15 @@ fn report_ingest(summary: &IngestSummary, elapsed: std::time::Duration) {
     }
 }
 
+/// Prints a server's bound address on stdout for whoever started it. A
+/// closed stdout (the starter stopped reading) must not stop the server, so
+/// write errors are ignored rather than panicking as `println!` would.
+pub fn announce(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}
+
 /// Runs a parsed command line; errors become one line on stderr and exit code 1.
 pub async fn run(cli: Cli) -> ExitCode {
     match execute(cli).await {
@@ -345,10 +367,21 @@ async fn execute(cli: Cli) -> Result<()> {
             query_memory_limit_mb,
             tls_cert,
             tls_key,
+            pg_port,
+            pg_password_method,
+            no_flight_sql,
         } => {
             let users = match &users_file {
                 Some(path) => crate::flight::auth::Credentials::read_users_file(path)?,
                 None => Default::default(),
+            };
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(certificate, key)| crate::flight::TlsFiles { certificate, key });
+            let pg_options = PgServeOptions {
+                users: PgUsers::new(users.clone(), auth_token.clone()),
+                password_method: pg_password_method,
+                tls: tls.clone(),
             };
             let options = crate::flight::ServeOptions {
                 credentials: crate::flight::auth::Credentials {
@@ -357,12 +390,28 @@ async fn execute(cli: Cli) -> Result<()> {
                 },
                 query_memory_limit: query_memory_limit_mb
                     .map(|mib| mib.saturating_mul(1024 * 1024)),
-                tls: tls_cert
-                    .zip(tls_key)
-                    .map(|(certificate, key)| crate::flight::TlsFiles { certificate, key }),
+                tls,
             };
             let engine = engine.build().await?;
-            crate::flight::serve(engine, std::net::SocketAddr::new(host, port), options).await
+            let Some(pg_port) = pg_port else {
+                return crate::flight::serve(engine, SocketAddr::new(host, port), options).await;
+            };
+            let (listener, bound) = crate::postgres::bind(SocketAddr::new(host, pg_port)).await?;
+            announce(&format!("sessionql Postgres server listening on {bound}"));
+            let postgres = serve_postgres(engine.context().clone(), listener, pg_options);
+            if no_flight_sql {
+                tokio::select! {
+                    result = postgres => result,
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            } else {
+                let flight = crate::flight::serve(engine, SocketAddr::new(host, port), options);
+                // Flight SQL returns on Ctrl-C; the Postgres loop ends with it.
+                tokio::select! {
+                    result = flight => result,
+                    result = postgres => result,
+                }
+            }
         }
         Command::Bench {
             suite: None,

@@ -17,6 +17,7 @@ pub mod flight;
 pub mod generate;
 pub mod ingest;
 pub mod output;
+pub mod postgres;
 pub mod session_views;
 pub mod shell;
 

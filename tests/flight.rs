@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -473,61 +475,13 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
     );
 }
 
-/// Installs a Debian package when `probe` (a command) does not run, so the
-/// suite needs nothing but the Rust toolchain on a Debian machine.
-fn ensure_debian_package(probe: &[&str], packages: &[&str]) {
-    let works = Command::new(probe[0])
-        .args(&probe[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if works {
-        return;
-    }
-    let updated = Command::new("apt-get").args(["update", "-qq"]).status();
-    let installed = Command::new("apt-get")
-        .args(["install", "-y", "-qq"])
-        .args(packages)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status();
-    assert!(
-        updated.is_ok_and(|status| status.success())
-            && installed.is_ok_and(|status| status.success()),
-        "{probe:?} does not run and apt-get could not install {packages:?}"
-    );
-}
-
-/// A Python virtualenv with the ADBC Flight SQL driver and pyarrow, made in
-/// the build directory the first time (pip from the package registry).
+/// A Python virtualenv with the ADBC Flight SQL driver and pyarrow.
 fn python_with_adbc() -> std::path::PathBuf {
-    let venv = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("adbc-venv");
-    let python = venv.join("bin/python");
-    let ready = Command::new(&python)
-        .args(["-c", "import adbc_driver_flightsql.dbapi, pyarrow"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !ready {
-        ensure_debian_package(
-            &["python3", "-c", "import venv, ensurepip"],
-            &["python3", "python3-venv"],
-        );
-        let created = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap();
-        assert!(created.success(), "python3 -m venv failed");
-        let installed = Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "adbc-driver-flightsql", "pyarrow"])
-            .status()
-            .unwrap();
-        assert!(
-            installed.success(),
-            "pip install adbc-driver-flightsql pyarrow failed"
-        );
-    }
-    python
+    support::python_venv(
+        "adbc-venv",
+        "adbc_driver_flightsql.dbapi, pyarrow",
+        &["adbc-driver-flightsql", "pyarrow"],
+    )
 }
 
 /// Runs the CLI on the sample and returns its CSV rows.
@@ -624,7 +578,7 @@ async fn tls_with_a_certificate_from_a_test_ca() {
         "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
     )
     .unwrap();
-    ensure_debian_package(&["openssl", "version"], &["openssl"]);
+    support::ensure_debian_package(&["openssl", "version"], &["openssl"]);
     let openssl = |args: &[&str]| {
         let status = Command::new("openssl")
             .args(args)

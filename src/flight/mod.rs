@@ -805,7 +805,7 @@ pub async fn serve(engine: Engine, address: SocketAddr, options: ServeOptions) -
     let bound = listener
         .local_addr()
         .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
-    println!("sessionql Flight SQL server listening on {bound}");
+    crate::cli::announce(&format!("sessionql Flight SQL server listening on {bound}"));
     tracing::info!(%bound, "Flight SQL server started");
     let service = FlightServiceServer::new(SessionqlFlightService::new(engine, options)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
