@@ -214,6 +214,43 @@ fn an_error_leaves_the_connection_usable() {
 }
 
 #[test]
+fn settings_apply_to_the_connection_and_bad_values_are_errors() {
+    let server = start_server(&[]);
+    let output = psql(
+        &server,
+        "postgres",
+        None,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SET sessionql.session_idle_timeout_seconds = 3600",
+            "-c",
+            "SELECT count(*) FROM sessions",
+            "-c",
+            "SET sessionql.bounce_duration_seconds = 'soon'",
+            "-c",
+            "SET sessionql.channel_definitions = '/no/such/file.json'",
+        ],
+    );
+    // With a one-hour idle timeout u1's three pageviews are one session.
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["SET", "2"], "{}", text(&output.stderr));
+    let errors = text(&output.stderr);
+    assert_eq!(errors.matches("ERROR:  22023:").count(), 2, "{errors}");
+    assert!(errors.contains("bounce_duration_seconds"), "{errors}");
+    assert!(errors.contains("/no/such/file.json"), "{errors}");
+    // Another connection still has the defaults.
+    let other = psql(
+        &server,
+        "postgres",
+        None,
+        &["-A", "-t", "-c", "SELECT count(*) FROM sessions"],
+    );
+    assert_eq!(text(&other.stdout).trim(), "3");
+}
+
+#[test]
 fn passwords_are_checked_with_scram_and_cleartext() {
     for method in ["scram", "cleartext"] {
         let server = start_server(&["--users-file", "USERS_FILE", "--pg-password-method", method]);

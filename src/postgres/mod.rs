@@ -6,7 +6,7 @@
 //! each connection its own sessionql session, and adds authentication and TLS.
 
 pub mod auth;
-pub mod deallocate;
+pub mod statement_hooks;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ use datafusion_postgres::{DfSessionService, QueryHook, auth::AuthManager};
 use crate::error::{Result, SessionqlError};
 use crate::flight::TlsFiles;
 use auth::{NoPassword, PasswordMethod, PgUsers, ScramUsers};
-use deallocate::DeallocateAllHook;
+use statement_hooks::{DeallocateAllHook, SettingsHook};
 
 /// How the Postgres door is served.
 #[derive(Debug, Clone, Default)]
@@ -70,11 +70,13 @@ impl<S: StartupHandler + 'static> PgWireServerHandlers for ConnectionHandlers<S>
     }
 }
 
-/// The statement hooks of each connection: datafusion-postgres's own
-/// (cursors, `SET`/`SHOW`, transactions) and `DEALLOCATE ALL`.
+/// The statement hooks of each connection: sessionql's (`DEALLOCATE ALL`,
+/// engine settings) before datafusion-postgres's own (cursors, `SET`/`SHOW`
+/// of client parameters, transactions).
 fn query_hooks() -> Vec<Arc<dyn QueryHook>> {
     vec![
         Arc::new(DeallocateAllHook),
+        Arc::new(SettingsHook),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
