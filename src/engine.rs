@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    MemorySchemaProvider, SchemaProvider, TableProvider,
+};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
@@ -257,6 +260,40 @@ pub async fn use_events_table(
     context.deregister_table("events")?;
     context.register_table("events", events)?;
     register_session_views(context).await
+}
+
+/// A session with `base`'s settings, functions and tables whose catalog is its
+/// own: tables it creates or replaces (its own `events`, say) are seen by it
+/// alone. Servers give one to each connection. Schemas named in `skip` are
+/// left out (a server sets up its own `pg_catalog` over the copy).
+pub async fn isolated_session(base: &SessionContext, skip: &[&str]) -> Result<SessionContext> {
+    let catalogs = Arc::new(MemoryCatalogProviderList::new());
+    for catalog_name in base.catalog_names() {
+        let Some(catalog) = base.catalog(&catalog_name) else {
+            continue;
+        };
+        let copy = Arc::new(MemoryCatalogProvider::new());
+        for schema_name in catalog.schema_names() {
+            if skip.contains(&schema_name.as_str()) {
+                continue;
+            }
+            let Some(schema) = catalog.schema(&schema_name) else {
+                continue;
+            };
+            let schema_copy = Arc::new(MemorySchemaProvider::new());
+            for table_name in schema.table_names() {
+                if let Some(table) = schema.table(&table_name).await? {
+                    schema_copy.register_table(table_name, table)?;
+                }
+            }
+            copy.register_schema(&schema_name, schema_copy)?;
+        }
+        catalogs.register_catalog(catalog_name, copy);
+    }
+    let state = SessionStateBuilder::new_from_existing(base.state())
+        .with_catalog_list(catalogs)
+        .build();
+    Ok(SessionContext::new_with_state(state))
 }
 
 /// A session with sessionql's functions and settings but no tables: for

@@ -21,6 +21,8 @@ pub mod postgres;
 pub mod session_views;
 pub mod shell;
 
-pub use engine::{Engine, EngineBuilder, run_statements, session_context, use_events_table};
+pub use engine::{
+    Engine, EngineBuilder, isolated_session, run_statements, session_context, use_events_table,
+};
 pub use error::{Result, SessionqlError};
 pub use sessionql_udfs::SessionqlConfig;

@@ -251,6 +251,45 @@ fn settings_apply_to_the_connection_and_bad_values_are_errors() {
 }
 
 #[test]
+fn a_connection_can_bring_its_own_events() {
+    let server = start_server(&[]);
+    let output = psql(
+        &server,
+        "postgres",
+        None,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "CREATE TABLE events (uuid VARCHAR NOT NULL, event VARCHAR NOT NULL, \
+             distinct_id VARCHAR NOT NULL, timestamp TIMESTAMP NOT NULL) AS VALUES \
+             ('x1', '$pageview', 'x', '2024-02-01T00:00:00'), \
+             ('x2', '$pageview', 'x', '2024-02-01T02:00:00')",
+            "-c",
+            "SELECT count(*) FROM sessions",
+            "-c",
+            "SELECT count(*) FROM events",
+        ],
+    );
+    // Two pageviews two hours apart: two sessions over the connection's events.
+    let lines: Vec<String> = text(&output.stdout).lines().map(str::to_string).collect();
+    assert_eq!(
+        lines,
+        ["CREATE TABLE", "2", "2"],
+        "{}",
+        text(&output.stderr)
+    );
+    // Other connections still see the served events.
+    let other = psql(
+        &server,
+        "postgres",
+        None,
+        &["-A", "-t", "-c", "SELECT count(*) FROM events"],
+    );
+    assert_eq!(text(&other.stdout).trim(), "5");
+}
+
+#[test]
 fn passwords_are_checked_with_scram_and_cleartext() {
     for method in ["scram", "cleartext"] {
         let server = start_server(&["--users-file", "USERS_FILE", "--pg-password-method", method]);

@@ -27,10 +27,11 @@ use datafusion_postgres::pgwire::api::{ConnectionManager, PgWireServerHandlers};
 use datafusion_postgres::pgwire::tokio::{TlsAcceptor, process_socket, tokio_rustls};
 use datafusion_postgres::{DfSessionService, QueryHook, auth::AuthManager};
 
+use crate::engine::isolated_session;
 use crate::error::{Result, SessionqlError};
 use crate::flight::TlsFiles;
 use auth::{NoPassword, PasswordMethod, PgUsers, ScramUsers};
-use statement_hooks::{DeallocateAllHook, SettingsHook};
+use statement_hooks::{DeallocateAllHook, EventsTableHook, SettingsHook};
 
 /// How the Postgres door is served.
 #[derive(Debug, Clone, Default)]
@@ -71,12 +72,13 @@ impl<S: StartupHandler + 'static> PgWireServerHandlers for ConnectionHandlers<S>
 }
 
 /// The statement hooks of each connection: sessionql's (`DEALLOCATE ALL`,
-/// engine settings) before datafusion-postgres's own (cursors, `SET`/`SHOW`
+/// engine settings, the connection's own events) before datafusion-postgres's own (cursors, `SET`/`SHOW`
 /// of client parameters, transactions).
 fn query_hooks() -> Vec<Arc<dyn QueryHook>> {
     vec![
         Arc::new(DeallocateAllHook),
         Arc::new(SettingsHook),
+        Arc::new(EventsTableHook),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
@@ -85,7 +87,7 @@ fn query_hooks() -> Vec<Arc<dyn QueryHook>> {
 
 /// Adds the `pg_catalog` schema (with `pg_class`, `pg_namespace`,
 /// `pg_attribute`, `pg_type`, … and functions such as `version()` and
-/// `current_schema()`) to `context`'s catalog, which every connection shares.
+/// `current_schema()`) over `context`'s catalog.
 pub fn add_pg_catalog(context: &SessionContext) -> Result<()> {
     let catalog = context
         .state()
@@ -110,15 +112,14 @@ pub async fn bind(address: SocketAddr) -> Result<(tokio::net::TcpListener, Socke
 }
 
 /// Serves the Postgres protocol on `listener` until the process ends. Each
-/// connection starts from a copy of `base`'s session state, so `SET` on one
-/// connection does not change another's; a failing connection is logged and
-/// the server keeps serving the others.
+/// connection starts from a copy of `base`'s session (settings, functions,
+/// tables), so neither its `SET` nor the tables it creates change another's;
+/// a failing connection is logged and the server keeps serving the others.
 pub async fn serve_postgres(
     base: SessionContext,
     listener: tokio::net::TcpListener,
     options: PgServeOptions,
 ) -> Result<()> {
-    add_pg_catalog(&base)?;
     let tls = options.tls.as_ref().map(tls_acceptor).transpose()?;
     let connections = Arc::new(ConnectionManager::new());
     let cancel = Arc::new(DefaultCancelHandler::new(Arc::clone(&connections)));
@@ -131,16 +132,20 @@ pub async fn serve_postgres(
                 continue;
             }
         };
-        let session = Arc::new(DfSessionService::new_with_hooks(
-            Arc::new(SessionContext::new_with_state(base.state())),
-            query_hooks(),
-        ));
+        let base = base.clone();
         let tls = tls.clone();
         let cancel = Arc::clone(&cancel);
         let connections = Arc::clone(&connections);
         let users = Arc::clone(&users);
         let method = options.password_method;
         tokio::spawn(async move {
+            let session = match connection_session(&base).await {
+                Ok(session) => session,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "cannot start a Postgres session");
+                    return;
+                }
+            };
             let result = if users.is_empty() {
                 let startup = NoPassword::new(Arc::clone(&connections));
                 serve_connection(socket, tls, session, startup, cancel).await
@@ -163,6 +168,17 @@ pub async fn serve_postgres(
             }
         });
     }
+}
+
+/// A connection's own session: a copy of the server's catalog (so what it
+/// creates stays its own) with `pg_catalog` over that copy.
+async fn connection_session(base: &SessionContext) -> Result<Arc<DfSessionService>> {
+    let context = isolated_session(base, &["pg_catalog"]).await?;
+    add_pg_catalog(&context)?;
+    Ok(Arc::new(DfSessionService::new_with_hooks(
+        Arc::new(context),
+        query_hooks(),
+    )))
 }
 
 async fn serve_connection<S: StartupHandler + 'static>(
