@@ -4,14 +4,23 @@
 //!    session. A file makes its events with `CREATE TABLE events …` (any subset
 //!    of the events columns); the harness then makes that table the `events`
 //!    table, as `sessionql::use_events_table` does for programs, so the
-//!    `sessions` and `session_events` views read it.
+//!    `sessions` and `session_events` views read it; `SET sessionql.…` runs
+//!    through sessionql, as the CLI and the servers run it.
 //! 2. The self-contained `.slt` files shipped with `datafusion-sqllogictest`,
 //!    run on a plain DataFusion session and on sessionql's (with the sample
 //!    events and every function registered): each file that passes on the
 //!    plain session must pass on ours, so sessionql breaks no stock SQL.
 //!
+//! 3. sessionql's own files again, over the Postgres wire protocol: the real
+//!    `sessionql serve --pg-port`, a connection per file, values turned back
+//!    into DataFusion's text (`tests/slt/postgres_db.rs`), the same expected
+//!    rows.
+//!
 //! `cargo test --test sqllogictests -- FILTER` runs only files whose path
 //! contains FILTER; `SESSIONQL_STOCK_SLT=0` skips part 2.
+
+#[path = "slt/postgres_db.rs"]
+mod postgres_db;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -26,7 +35,7 @@ use datafusion_sqllogictest::{
 };
 use futures::StreamExt;
 use indicatif::ProgressBar;
-use sessionql::{Engine, SessionqlConfig, session_context, use_events_table};
+use sessionql::{Engine, SessionqlConfig, run_statements, session_context, use_events_table};
 use sqllogictest::{DBOutput, Record, parse_file, strict_column_validator};
 
 /// Stock files that enumerate every table or function of the session: any
@@ -82,6 +91,18 @@ impl sqllogictest::AsyncDB for SessionqlDb {
     type ColumnType = DFColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DFColumnType>, DFSqlLogicTestError> {
+        // Settings go through sessionql, as every door runs them: a bad value
+        // or channel file is refused when set.
+        if sql
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("set sessionql.")
+        {
+            run_statements(&self.context, sql)
+                .await
+                .map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?;
+            return Ok(DBOutput::StatementComplete(0));
+        }
         let output = self.inner.run(sql).await?;
         if creates_events_table(sql) {
             let table = self.context.table_provider("events").await?;
@@ -240,6 +261,47 @@ struct Tally {
     failures: Vec<String>,
 }
 
+/// Part 3: the own files over the Postgres protocol.
+async fn run_own_files_over_postgres(filter: Option<&str>, tally: &mut Tally) {
+    let server = match postgres_db::PgServer::start() {
+        Ok(server) => server,
+        Err(error) => {
+            tally.failed += 1;
+            tally.failures.push(format!("Postgres server: {error}"));
+            return;
+        }
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
+    for path in slt_files(&root) {
+        let shown = path
+            .strip_prefix(&root)
+            .unwrap_or(&path)
+            .display()
+            .to_string();
+        if filter.is_some_and(|filter| !shown.contains(filter)) {
+            continue;
+        }
+        let started = Instant::now();
+        let port = server.port;
+        match run_file(&path, move || postgres_db::PgDb::connect(port)).await {
+            Ok(()) => {
+                tally.passed += 1;
+                println!(
+                    "ok      tests/sql/{shown} over Postgres ({:.1?})",
+                    started.elapsed()
+                );
+            }
+            Err(error) => {
+                tally.failed += 1;
+                println!("FAILED  tests/sql/{shown} over Postgres");
+                tally
+                    .failures
+                    .push(format!("tests/sql/{shown} over Postgres:\n{error}"));
+            }
+        }
+    }
+}
+
 async fn run_own_files(filter: Option<&str>, tally: &mut Tally) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
     for path in slt_files(&root) {
@@ -384,6 +446,7 @@ fn main() -> ExitCode {
     let tally = runtime.block_on(async {
         let mut tally = Tally::default();
         run_own_files(filter.as_deref(), &mut tally).await;
+        run_own_files_over_postgres(filter.as_deref(), &mut tally).await;
         if run_stock {
             let started = Instant::now();
             run_stock_files(filter.as_deref(), &mut tally).await;
