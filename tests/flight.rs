@@ -561,76 +561,13 @@ async fn python_adbc_client_sees_what_the_cli_sees() {
 async fn tls_with_a_certificate_from_a_test_ca() {
     use tonic::transport::{Certificate, ClientTlsConfig};
 
-    // A test CA and a server certificate it signs (rustls refuses a
-    // self-signed CA certificate used as the server's own).
     let directory = tempfile::tempdir().unwrap();
-    let path = |name: &str| directory.path().join(name).to_str().unwrap().to_string();
-    let (ca_key, ca, key, request, certificate, extensions) = (
-        path("ca.key"),
-        path("ca.pem"),
-        path("key.pem"),
-        path("server.csr"),
-        path("cert.pem"),
-        path("ext.cnf"),
+    let certificates = support::test_certificates(directory.path());
+    let (ca, certificate, key) = (
+        certificates.ca.to_str().unwrap().to_string(),
+        certificates.certificate.to_str().unwrap().to_string(),
+        certificates.key.to_str().unwrap().to_string(),
     );
-    std::fs::write(
-        &extensions,
-        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    support::ensure_debian_package(&["openssl", "version"], &["openssl"]);
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl")
-            .args(args)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(status.success(), "openssl {args:?} failed");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=sessionql test CA",
-        "-keyout",
-        &ca_key,
-        "-out",
-        &ca,
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        &key,
-        "-out",
-        &request,
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &request,
-        "-CA",
-        &ca,
-        "-CAkey",
-        &ca_key,
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        &extensions,
-        "-out",
-        &certificate,
-    ]);
     let server = start_server_with(&["--tls-cert", &certificate, "--tls-key", &key]);
     let port = server.address.rsplit(':').next().unwrap();
     let tls = ClientTlsConfig::new()

@@ -358,3 +358,37 @@ with psycopg.connect(host="127.0.0.1", port=int(sys.argv[1]), user="postgres", d
         "{stdout}"
     );
 }
+
+#[test]
+fn tls_with_a_certificate_from_a_test_ca() {
+    let directory = tempfile::tempdir().unwrap();
+    let certificates = support::test_certificates(directory.path());
+    let server = start_server(&[
+        "--tls-cert",
+        certificates.certificate.to_str().unwrap(),
+        "--tls-key",
+        certificates.key.to_str().unwrap(),
+    ]);
+    let connection = format!(
+        "host=localhost port={} user=postgres dbname=sessionql sslmode=verify-full sslrootcert={}",
+        server.port,
+        certificates.ca.display()
+    );
+    let output = Command::new("psql")
+        .args([
+            &connection,
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "\\conninfo",
+            "-c",
+            "SELECT count(*) FROM sessions",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    assert!(stdout.contains("SSL connection"), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("3"), "{stdout}");
+}

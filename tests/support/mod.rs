@@ -60,3 +60,91 @@ pub fn python_venv(name: &str, imports: &str, packages: &[&str]) -> PathBuf {
     }
     python
 }
+
+/// A test CA's certificate, and a server certificate and key it signed for
+/// `localhost` and 127.0.0.1 (rustls refuses a self-signed CA certificate
+/// used as the server's own).
+pub struct TestCertificates {
+    /// The CA certificate clients trust.
+    pub ca: PathBuf,
+    /// The server's certificate (PEM).
+    pub certificate: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+}
+
+/// Makes [`TestCertificates`] in `directory` with openssl.
+pub fn test_certificates(directory: &std::path::Path) -> TestCertificates {
+    let path = |name: &str| directory.join(name).to_str().unwrap().to_string();
+    let (ca_key, ca, key, request, certificate, extensions) = (
+        path("ca.key"),
+        path("ca.pem"),
+        path("key.pem"),
+        path("server.csr"),
+        path("cert.pem"),
+        path("ext.cnf"),
+    );
+    std::fs::write(
+        &extensions,
+        "basicConstraints=CA:FALSE\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    ensure_debian_package(&["openssl", "version"], &["openssl"]);
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl")
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "openssl {args:?} failed");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=sessionql test CA",
+        "-keyout",
+        &ca_key,
+        "-out",
+        &ca,
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &key,
+        "-out",
+        &request,
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &request,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &extensions,
+        "-out",
+        &certificate,
+    ]);
+    TestCertificates {
+        ca: PathBuf::from(ca),
+        certificate: PathBuf::from(certificate),
+        key: PathBuf::from(key),
+    }
+}
