@@ -302,6 +302,27 @@ async fn errors_come_back_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
+async fn tables_a_client_creates_are_its_own() {
+    let server = start_server();
+    let mut first = client(&server).await;
+    let mut second = client(&server).await;
+    let info = first
+        .execute("CREATE TABLE scratch AS VALUES (1), (2), (3)".into(), None)
+        .await
+        .unwrap();
+    fetch(&mut first, info).await;
+    assert_eq!(
+        query_i64(&mut first, "SELECT count(*) FROM scratch").await,
+        vec![3]
+    );
+    let error = second
+        .execute("SELECT count(*) FROM scratch".into(), None)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("scratch"), "{error}");
+}
+
+#[tokio::test]
 async fn settings_apply_to_one_client_only() {
     let server = start_server();
     let mut first = client(&server).await;

@@ -51,7 +51,7 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tonic::{Request, Response, Status};
 
-use crate::engine::Engine;
+use crate::engine::{Engine, isolated_session};
 use crate::error::{Result, SessionqlError};
 use auth::Credentials;
 use handles::{HandleSigner, StatementHandle};
@@ -161,25 +161,33 @@ impl SessionqlFlightService {
         })
     }
 
-    /// The session of the client that sent `request` (one per connection).
-    fn session<T>(&self, request: &Request<T>) -> (String, SessionContext) {
+    /// The session of the client that sent `request` (one per connection),
+    /// made on first use over its own copy of the catalog, so the tables a
+    /// client creates are its own.
+    async fn session<T>(&self, request: &Request<T>) -> (String, SessionContext) {
         let client = request
             .remote_addr()
             .map_or_else(|| "local".to_string(), |address| address.to_string());
         let now = Instant::now();
-        let Ok(mut sessions) = self.sessions.lock() else {
-            return (
-                client,
-                SessionContext::new_with_state(self.engine.context().state()),
-            );
+        if let Ok(mut sessions) = self.sessions.lock() {
+            sessions
+                .retain(|_, (_, last_used)| now.duration_since(*last_used) < SESSION_IDLE_LIMIT);
+            if let Some(entry) = sessions.get_mut(&client) {
+                entry.1 = now;
+                return (client, entry.0.clone());
+            }
+        }
+        let context = match isolated_session(self.engine.context(), &[]).await {
+            Ok(context) => context,
+            Err(error) => {
+                tracing::warn!(%error, "sharing the server's catalog with a client");
+                SessionContext::new_with_state(self.engine.context().state())
+            }
         };
-        sessions.retain(|_, (_, last_used)| now.duration_since(*last_used) < SESSION_IDLE_LIMIT);
-        let entry = sessions.entry(client.clone()).or_insert_with(|| {
-            (
-                SessionContext::new_with_state(self.engine.context().state()),
-                now,
-            )
-        });
+        let Ok(mut sessions) = self.sessions.lock() else {
+            return (client, context);
+        };
+        let entry = sessions.entry(client.clone()).or_insert((context, now));
         entry.1 = now;
         (client, entry.0.clone())
     }
@@ -398,7 +406,7 @@ impl FlightSqlService for SessionqlFlightService {
         request: Request<FlightDescriptor>,
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         self.authenticate(&request)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let handle = StatementHandle {
             sql: placeholders::number_question_marks(&query.query),
             parameters: Vec::new(),
@@ -422,7 +430,7 @@ impl FlightSqlService for SessionqlFlightService {
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         self.authenticate(&request)?;
         let handle = self.decode_handle(&ticket.statement_handle)?;
-        let (client, context) = self.session(&request);
+        let (client, context) = self.session(&request).await;
         self.execute(client, context, handle).await
     }
 
@@ -433,7 +441,7 @@ impl FlightSqlService for SessionqlFlightService {
     ) -> std::result::Result<Response<FlightInfo>, Status> {
         self.authenticate(&request)?;
         let handle = self.decode_handle(&query.prepared_statement_handle)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let plan = self.plan(&context, &handle).await?;
         let info = flight_info(
             plan.schema().as_arrow(),
@@ -450,7 +458,7 @@ impl FlightSqlService for SessionqlFlightService {
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         self.authenticate(&request)?;
         let handle = self.decode_handle(&query.prepared_statement_handle)?;
-        let (client, context) = self.session(&request);
+        let (client, context) = self.session(&request).await;
         self.execute(client, context, handle).await
     }
 
@@ -460,7 +468,7 @@ impl FlightSqlService for SessionqlFlightService {
         request: Request<arrow_flight::Action>,
     ) -> std::result::Result<ActionCreatePreparedStatementResult, Status> {
         self.authenticate(&request)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let handle = StatementHandle {
             sql: placeholders::number_question_marks(&query.query),
             parameters: Vec::new(),
@@ -526,7 +534,7 @@ impl FlightSqlService for SessionqlFlightService {
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         self.authenticate(&request)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let mut builder = query.into_builder();
         for catalog in context.catalog_names() {
             builder.append(catalog);
@@ -550,7 +558,7 @@ impl FlightSqlService for SessionqlFlightService {
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         self.authenticate(&request)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let mut builder = query.into_builder();
         for catalog_name in context.catalog_names() {
             if let Some(catalog) = context.catalog(&catalog_name) {
@@ -578,7 +586,7 @@ impl FlightSqlService for SessionqlFlightService {
         request: Request<Ticket>,
     ) -> std::result::Result<Response<DoGetStream>, Status> {
         self.authenticate(&request)?;
-        let (_, context) = self.session(&request);
+        let (_, context) = self.session(&request).await;
         let mut builder = query.into_builder();
         for catalog_name in context.catalog_names() {
             let Some(catalog) = context.catalog(&catalog_name) else {
