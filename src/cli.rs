@@ -315,15 +315,6 @@ fn report_ingest(summary: &IngestSummary, elapsed: std::time::Duration) {
     }
 }
 
-/// Prints a server's bound address on stdout for whoever started it. A
-/// closed stdout (the starter stopped reading) must not stop the server, so
-/// write errors are ignored rather than panicking as `println!` would.
-pub fn announce(line: &str) {
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
-    let _ = stdout.flush();
-}
-
 /// Runs a parsed command line; errors become one line on stderr and exit code 1.
 pub async fn run(cli: Cli) -> ExitCode {
     match execute(cli).await {
@@ -396,8 +387,8 @@ async fn execute(cli: Cli) -> Result<()> {
             let Some(pg_port) = pg_port else {
                 return crate::flight::serve(engine, SocketAddr::new(host, port), options).await;
             };
-            let (listener, bound) = crate::postgres::bind(SocketAddr::new(host, pg_port)).await?;
-            announce(&format!("sessionql Postgres server listening on {bound}"));
+            let (listener, bound) = crate::listen::bind(SocketAddr::new(host, pg_port)).await?;
+            crate::listen::announce("Postgres", bound);
             let postgres = serve_postgres(engine.context().clone(), listener, pg_options);
             if no_flight_sql {
                 tokio::select! {

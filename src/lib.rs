@@ -16,6 +16,7 @@ pub mod events_table;
 pub mod flight;
 pub mod generate;
 pub mod ingest;
+pub mod listen;
 pub mod output;
 pub mod postgres;
 pub mod session_views;

@@ -5,32 +5,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
+mod support;
+
+use support::{run, sessionql, stderr, stdout, write_file};
+
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Output, Stdio};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::ArrowWriter;
-
-fn sessionql() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
-    command.current_dir(env!("CARGO_MANIFEST_DIR"));
-    command
-}
-
-fn run(args: &[&str]) -> Output {
-    sessionql().args(args).output().expect("the binary runs")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// A bad input fails with exit code 1 and one `error:` line, no panic.
 fn assert_clean_failure(output: &Output, expected: &[&str]) {
@@ -41,12 +27,6 @@ fn assert_clean_failure(output: &Output, expected: &[&str]) {
     for part in expected {
         assert!(message.contains(part), "expected {part:?} in {message}");
     }
-}
-
-fn write_file(directory: &Path, name: &str, text: &str) -> PathBuf {
-    let path = directory.join(name);
-    std::fs::write(&path, text).expect("write test file");
-    path
 }
 
 /// Two users: u1 has two pageviews 5 minutes apart and one 40 minutes later

@@ -261,6 +261,11 @@ struct Tally {
     failures: Vec<String>,
 }
 
+/// Part 1: the own files in process.
+async fn run_own_files(filter: Option<&str>, tally: &mut Tally) {
+    run_own_files_on(filter, tally, "", sessionql_session_for_own_files).await;
+}
+
 /// Part 3: the own files over the Postgres protocol.
 async fn run_own_files_over_postgres(filter: Option<&str>, tally: &mut Tally) {
     let server = match postgres_db::PgServer::start() {
@@ -271,6 +276,25 @@ async fn run_own_files_over_postgres(filter: Option<&str>, tally: &mut Tally) {
             return;
         }
     };
+    let port = server.port;
+    run_own_files_on(filter, tally, " over Postgres", move || {
+        postgres_db::PgDb::connect(port)
+    })
+    .await;
+}
+
+/// Runs each own `.slt` file (matching `filter`) on a database from `make_db`;
+/// `label` tells the runs apart in the output.
+async fn run_own_files_on<D, F, Fut>(
+    filter: Option<&str>,
+    tally: &mut Tally,
+    label: &str,
+    make_db: F,
+) where
+    D: sqllogictest::AsyncDB<ColumnType = DFColumnType> + Send,
+    F: Fn() -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<D, D::Error>> + Send + 'static,
+{
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
     for path in slt_files(&root) {
         let shown = path
@@ -282,47 +306,20 @@ async fn run_own_files_over_postgres(filter: Option<&str>, tally: &mut Tally) {
             continue;
         }
         let started = Instant::now();
-        let port = server.port;
-        match run_file(&path, move || postgres_db::PgDb::connect(port)).await {
+        match run_file(&path, make_db).await {
             Ok(()) => {
                 tally.passed += 1;
                 println!(
-                    "ok      tests/sql/{shown} over Postgres ({:.1?})",
+                    "ok      tests/sql/{shown}{label} ({:.1?})",
                     started.elapsed()
                 );
             }
             Err(error) => {
                 tally.failed += 1;
-                println!("FAILED  tests/sql/{shown} over Postgres");
+                println!("FAILED  tests/sql/{shown}{label}");
                 tally
                     .failures
-                    .push(format!("tests/sql/{shown} over Postgres:\n{error}"));
-            }
-        }
-    }
-}
-
-async fn run_own_files(filter: Option<&str>, tally: &mut Tally) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sql");
-    for path in slt_files(&root) {
-        let shown = path
-            .strip_prefix(&root)
-            .unwrap_or(&path)
-            .display()
-            .to_string();
-        if filter.is_some_and(|filter| !shown.contains(filter)) {
-            continue;
-        }
-        let started = Instant::now();
-        match run_file(&path, sessionql_session_for_own_files).await {
-            Ok(()) => {
-                tally.passed += 1;
-                println!("ok      tests/sql/{shown} ({:.1?})", started.elapsed());
-            }
-            Err(error) => {
-                tally.failed += 1;
-                println!("FAILED  tests/sql/{shown}");
-                tally.failures.push(format!("tests/sql/{shown}:\n{error}"));
+                    .push(format!("tests/sql/{shown}{label}:\n{error}"));
             }
         }
     }

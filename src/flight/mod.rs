@@ -807,13 +807,8 @@ pub async fn serve(engine: Engine, address: SocketAddr, options: ServeOptions) -
             .tls_config(tls_config(files)?)
             .map_err(|error| SessionqlError::Invalid(format!("TLS: {error}")))?;
     }
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
-    crate::cli::announce(&format!("sessionql Flight SQL server listening on {bound}"));
+    let (listener, bound) = crate::listen::bind(address).await?;
+    crate::listen::announce("Flight SQL", bound);
     tracing::info!(%bound, "Flight SQL server started");
     let service = FlightServiceServer::new(SessionqlFlightService::new(engine, options)?);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);

@@ -8,7 +8,6 @@
 pub mod auth;
 pub mod statement_hooks;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use datafusion::prelude::SessionContext;
@@ -31,7 +30,7 @@ use crate::engine::isolated_session;
 use crate::error::{Result, SessionqlError};
 use crate::flight::TlsFiles;
 use auth::{NoPassword, PasswordMethod, PgUsers, ScramUsers};
-use statement_hooks::{DeallocateAllHook, EventsTableHook, SettingsHook};
+use statement_hooks::SessionqlStatements;
 
 /// How the Postgres door is served.
 #[derive(Debug, Clone, Default)]
@@ -76,9 +75,7 @@ impl<S: StartupHandler + 'static> PgWireServerHandlers for ConnectionHandlers<S>
 /// of client parameters, transactions).
 fn query_hooks() -> Vec<Arc<dyn QueryHook>> {
     vec![
-        Arc::new(DeallocateAllHook),
-        Arc::new(SettingsHook),
-        Arc::new(EventsTableHook),
+        Arc::new(SessionqlStatements),
         Arc::new(CursorStatementHook),
         Arc::new(SetShowHook),
         Arc::new(TransactionStatementHook),
@@ -98,17 +95,6 @@ pub fn add_pg_catalog(context: &SessionContext) -> Result<()> {
         .clone();
     setup_pg_catalog(context, &catalog, Arc::new(AuthManager::new()))
         .map_err(|error| SessionqlError::Invalid(format!("pg_catalog: {error}")))
-}
-
-/// Binds `address`; returns the listener and the bound address (port 0 picks one).
-pub async fn bind(address: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
-    let bound = listener
-        .local_addr()
-        .map_err(|error| SessionqlError::Invalid(format!("cannot listen on {address}: {error}")))?;
-    Ok((listener, bound))
 }
 
 /// Serves the Postgres protocol on `listener` until the process ends. Each

@@ -17,8 +17,7 @@ use async_trait::async_trait;
 use datafusion::common::ParamValues;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::sqlparser::ast::Set;
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Set, Statement};
 use datafusion_postgres::QueryHook;
 use datafusion_postgres::hooks::HookClient;
 use datafusion_postgres::pgwire::api::ClientInfo;
@@ -27,58 +26,36 @@ use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 
 use crate::engine::{run_statements, use_events_table};
 
-/// Answers `DEALLOCATE [PREPARE] ALL` with success.
+/// The statements sessionql answers itself, in either query protocol.
 #[derive(Debug)]
-pub struct DeallocateAllHook;
+pub struct SessionqlStatements;
 
-fn is_deallocate_all(statement: &Statement) -> bool {
-    matches!(statement, Statement::Deallocate { name, .. } if name.value.eq_ignore_ascii_case("all"))
+/// What a statement is, for this hook.
+enum Answered {
+    DeallocateAll,
+    EngineSetting,
+    CreateEvents { if_not_exists: bool },
 }
 
-#[async_trait]
-impl QueryHook for DeallocateAllHook {
-    async fn handle_simple_query(
-        &self,
-        statement: &Statement,
-        _session_context: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        is_deallocate_all(statement).then(|| Ok(Response::Execution(Tag::new("DEALLOCATE ALL"))))
+fn classify(statement: &Statement) -> Option<Answered> {
+    match statement {
+        Statement::Deallocate { name, .. } if name.value.eq_ignore_ascii_case("all") => {
+            Some(Answered::DeallocateAll)
+        }
+        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+            let name = variable.to_string().to_ascii_lowercase();
+            (name.starts_with("sessionql.") || name.starts_with("datafusion."))
+                .then_some(Answered::EngineSetting)
+        }
+        Statement::CreateTable(create)
+            if create.name.to_string().eq_ignore_ascii_case("events") =>
+        {
+            Some(Answered::CreateEvents {
+                if_not_exists: create.if_not_exists,
+            })
+        }
+        _ => None,
     }
-
-    async fn handle_extended_parse_query(
-        &self,
-        _statement: &Statement,
-        _session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
-    ) -> Option<PgWireResult<LogicalPlan>> {
-        None
-    }
-
-    async fn handle_extended_query(
-        &self,
-        statement: &Statement,
-        _logical_plan: &LogicalPlan,
-        _params: &ParamValues,
-        _session_context: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        is_deallocate_all(statement).then(|| Ok(Response::Execution(Tag::new("DEALLOCATE ALL"))))
-    }
-}
-
-/// Runs `SET sessionql.…` / `SET datafusion.…` through sessionql, errors included.
-#[derive(Debug)]
-pub struct SettingsHook;
-
-/// The text of a `SET` of a sessionql or DataFusion setting, if `statement` is one.
-fn engine_setting(statement: &Statement) -> Option<String> {
-    let Statement::Set(Set::SingleAssignment { variable, .. }) = statement else {
-        return None;
-    };
-    let name = variable.to_string().to_ascii_lowercase();
-    (name.starts_with("sessionql.") || name.starts_with("datafusion."))
-        .then(|| statement.to_string())
 }
 
 /// An `ErrorResponse` with `sqlstate` and sessionql's message.
@@ -90,98 +67,51 @@ fn user_error(sqlstate: &str, message: String) -> PgWireError {
     )))
 }
 
-async fn apply_setting(sql: &str, context: &SessionContext) -> PgWireResult<Response> {
-    match run_statements(context, sql).await {
-        Ok(_) => Ok(Response::Execution(Tag::new("SET"))),
-        // 22023: invalid_parameter_value.
-        Err(error) => Err(user_error("22023", error.to_string())),
-    }
-}
-
-#[async_trait]
-impl QueryHook for SettingsHook {
-    async fn handle_simple_query(
-        &self,
-        statement: &Statement,
-        session_context: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        let sql = engine_setting(statement)?;
-        Some(apply_setting(&sql, session_context).await)
-    }
-
-    async fn handle_extended_parse_query(
-        &self,
-        _statement: &Statement,
-        _session_context: &SessionContext,
-        _client: &(dyn ClientInfo + Send + Sync),
-    ) -> Option<PgWireResult<LogicalPlan>> {
-        None
-    }
-
-    async fn handle_extended_query(
-        &self,
-        statement: &Statement,
-        _logical_plan: &LogicalPlan,
-        _params: &ParamValues,
-        session_context: &SessionContext,
-        _client: &mut dyn HookClient,
-    ) -> Option<PgWireResult<Response>> {
-        let sql = engine_setting(statement)?;
-        Some(apply_setting(&sql, session_context).await)
-    }
-}
-
-/// Makes a connection's `CREATE TABLE events …` its own events table.
-#[derive(Debug)]
-pub struct EventsTableHook;
-
-async fn create_events_table(
+async fn answer(
+    answered: Answered,
     statement: &Statement,
-    if_not_exists: bool,
     context: &SessionContext,
 ) -> PgWireResult<Response> {
-    if !if_not_exists {
-        context
-            .deregister_table("events")
-            .map_err(|error| user_error("XX000", error.to_string()))?;
-    }
-    // 42601: syntax_error or access rule violation; the message names it.
-    run_statements(context, &statement.to_string())
-        .await
-        .map_err(|error| user_error("42601", error.to_string()))?;
-    let table = context
-        .table_provider("events")
-        .await
-        .map_err(|error| user_error("XX000", error.to_string()))?;
-    use_events_table(context, table)
-        .await
-        .map_err(|error| user_error("42703", error.to_string()))?;
-    Ok(Response::Execution(Tag::new("CREATE TABLE")))
-}
-
-/// `Some(if_not_exists)` when `statement` creates the `events` table.
-fn creates_events(statement: &Statement) -> Option<bool> {
-    match statement {
-        Statement::CreateTable(create)
-            if create.name.to_string().eq_ignore_ascii_case("events") =>
-        {
-            Some(create.if_not_exists)
+    let sql = statement.to_string();
+    match answered {
+        Answered::DeallocateAll => Ok(Response::Execution(Tag::new("DEALLOCATE ALL"))),
+        Answered::EngineSetting => match run_statements(context, &sql).await {
+            Ok(_) => Ok(Response::Execution(Tag::new("SET"))),
+            // 22023: invalid_parameter_value.
+            Err(error) => Err(user_error("22023", error.to_string())),
+        },
+        Answered::CreateEvents { if_not_exists } => {
+            if !if_not_exists {
+                context
+                    .deregister_table("events")
+                    .map_err(|error| user_error("XX000", error.to_string()))?;
+            }
+            run_statements(context, &sql)
+                .await
+                .map_err(|error| user_error("42601", error.to_string()))?;
+            let table = context
+                .table_provider("events")
+                .await
+                .map_err(|error| user_error("XX000", error.to_string()))?;
+            // 42703: undefined_column (a required events column is missing).
+            use_events_table(context, table)
+                .await
+                .map_err(|error| user_error("42703", error.to_string()))?;
+            Ok(Response::Execution(Tag::new("CREATE TABLE")))
         }
-        _ => None,
     }
 }
 
 #[async_trait]
-impl QueryHook for EventsTableHook {
+impl QueryHook for SessionqlStatements {
     async fn handle_simple_query(
         &self,
         statement: &Statement,
         session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        let if_not_exists = creates_events(statement)?;
-        Some(create_events_table(statement, if_not_exists, session_context).await)
+        let answered = classify(statement)?;
+        Some(answer(answered, statement, session_context).await)
     }
 
     async fn handle_extended_parse_query(
@@ -201,7 +131,7 @@ impl QueryHook for EventsTableHook {
         session_context: &SessionContext,
         _client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        let if_not_exists = creates_events(statement)?;
-        Some(create_events_table(statement, if_not_exists, session_context).await)
+        let answered = classify(statement)?;
+        Some(answer(answered, statement, session_context).await)
     }
 }

@@ -5,7 +5,36 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+
+/// The `sessionql` binary under test, run from the repository.
+pub fn sessionql() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
+    command.current_dir(env!("CARGO_MANIFEST_DIR"));
+    command
+}
+
+/// Runs the binary with `args` and waits for it.
+pub fn run(args: &[&str]) -> Output {
+    sessionql().args(args).output().expect("the binary runs")
+}
+
+/// A command's standard output as text.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A command's standard error as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Writes a test input file and returns its path.
+pub fn write_file(directory: &std::path::Path, name: &str, text: &str) -> PathBuf {
+    let path = directory.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
 
 /// Installs Debian `packages` when `probe` (a command) does not run.
 pub fn ensure_debian_package(probe: &[&str], packages: &[&str]) {
