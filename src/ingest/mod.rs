@@ -442,7 +442,6 @@ fn parse_chunk(chunk: &LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn apply_in_order(
     parsed: &Receiver<ParsedChunk>,
     files: &[PathBuf],
