@@ -127,7 +127,7 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         threads: usize,
         /// MiB of parsed events held in memory before spilling to disk.
-        #[arg(long, value_name = "MIB", default_value_t = 512)]
+        #[arg(long, value_name = "MIB", default_value_t = crate::ingest::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mb: usize,
     },
     /// Generate realistic events (deterministic for a seed) as Parquet or PostHog NDJSON.

@@ -36,6 +36,11 @@ use quarantine::Quarantine;
 const BYTES_PER_CHUNK: usize = 1 << 20;
 /// Inputs larger than this (in all) show a progress bar on a terminal.
 const PROGRESS_MIN_BYTES: u64 = 8 * 1024 * 1024;
+/// Parsed events held in memory before spilling, by default. Small on
+/// purpose: on 1M generated events a 512 MiB budget cost more in page faults
+/// (2 s of system time) than spilling at 64 MiB costs in writes (3.3 s
+/// against 4.4–4.8 s with one parsing thread, and 220 MiB peak against 700).
+pub const DEFAULT_MEMORY_BUDGET_MIB: usize = 64;
 /// The lock file that keeps two ingests from writing one directory at once.
 const LOCK_FILE: &str = "_ingest.lock";
 
@@ -70,7 +75,7 @@ impl IngestOptions {
             quarantine: None,
             rows_per_file: 1_000_000,
             threads: 0,
-            memory_budget_bytes: 512 * 1024 * 1024,
+            memory_budget_bytes: DEFAULT_MEMORY_BUDGET_MIB * 1024 * 1024,
         }
     }
 }
