@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod channel_files;
 pub mod cli;
+pub mod complete_files;
 pub mod engine;
 pub mod error;
 pub mod event_rows;

@@ -8,6 +8,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
+use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
 use crate::event_rows::{EventBatchBuilder, EventRow};
 use crate::events_schema::events_schema;
@@ -58,7 +59,7 @@ impl ParquetFiles {
         if self.current.is_none() {
             let name = format!("events-{:04}.parquet", self.written.len());
             let final_path = self.directory.join(&name);
-            let temporary_path = self.directory.join(format!(".{name}.tmp"));
+            let temporary_path = temporary_path(&self.directory, &name);
             let file = File::create(&temporary_path).map_err(|source| SessionqlError::Write {
                 path: temporary_path.clone(),
                 source,
@@ -85,12 +86,7 @@ impl ParquetFiles {
             writer
                 .close()
                 .map_err(|error| SessionqlError::Query(error.into()))?;
-            std::fs::rename(&temporary_path, &final_path).map_err(|source| {
-                SessionqlError::Write {
-                    path: final_path.clone(),
-                    source,
-                }
-            })?;
+            publish(&temporary_path, &final_path)?;
             self.written.push(final_path);
         }
         Ok(())

@@ -17,6 +17,7 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::{Map, Value, json};
 use sessionql_udfs::stable_hash::stable_hash64;
 
+use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
 use crate::event_rows::{EventRow, PROPERTIES_INDEX};
 use crate::events_schema::POSTHOG_PROPERTY_KEYS;
@@ -179,7 +180,7 @@ impl NdjsonFiles {
         if self.current.is_none() {
             let name = format!("events-{:04}.ndjson", self.written.len());
             let final_path = self.directory.join(&name);
-            let temporary_path = self.directory.join(format!(".{name}.tmp"));
+            let temporary_path = temporary_path(&self.directory, &name);
             let file = File::create(&temporary_path).map_err(|source| SessionqlError::Write {
                 path: temporary_path.clone(),
                 source,
@@ -206,12 +207,7 @@ impl NdjsonFiles {
                 .map_err(|error| write_error(error.into_error()))?
                 .sync_all()
                 .map_err(write_error)?;
-            std::fs::rename(&temporary_path, &final_path).map_err(|source| {
-                SessionqlError::Write {
-                    path: final_path.clone(),
-                    source,
-                }
-            })?;
+            publish(&temporary_path, &final_path)?;
             self.written.push(final_path);
         }
         Ok(())

@@ -34,6 +34,7 @@ use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::WriterProperties;
 use sessionql_udfs::stable_hash::stable_hash64;
 
+use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
 use crate::events_schema::events_schema;
 
@@ -353,7 +354,7 @@ fn uuid_hash(uuid: &str) -> (u64, u64) {
 
 /// Writes `batch` to `directory/.name.tmp`, then renames it to `name`.
 fn write_parquet_atomically(batch: &RecordBatch, directory: &Path, name: &str) -> Result<()> {
-    let temporary = directory.join(format!(".{name}.tmp"));
+    let temporary = temporary_path(directory, name);
     let target = directory.join(name);
     let write_error = |message: String| SessionqlError::EventFile {
         file: temporary.clone(),
@@ -383,8 +384,5 @@ fn write_parquet_atomically(batch: &RecordBatch, directory: &Path, name: &str) -
         path: temporary.clone(),
         source,
     })?;
-    std::fs::rename(&temporary, &target).map_err(|source| SessionqlError::Write {
-        path: target.clone(),
-        source,
-    })
+    publish(&temporary, &target)
 }

@@ -267,7 +267,7 @@ fn remove_leftovers(out: &Path) {
         } else if name.starts_with("date=") && path.is_dir() {
             for file in std::fs::read_dir(&path).into_iter().flatten().flatten() {
                 let file_name = file.file_name().to_string_lossy().into_owned();
-                if file_name.starts_with('.') && file_name.ends_with(".tmp") {
+                if crate::complete_files::is_temporary_name(&file_name) {
                     let _ = std::fs::remove_file(file.path());
                 }
             }
