@@ -161,6 +161,30 @@ impl Default for EventBatchBuilder {
 }
 
 impl EventBatchBuilder {
+    /// A builder with room for `rows` rows and about `text_bytes` bytes of
+    /// column text, so filling it does not grow (and copy) its buffers.
+    pub fn with_capacity(rows: usize, text_bytes: usize) -> Self {
+        let string_column = |bytes: usize| StringBuilder::with_capacity(rows, bytes);
+        Self {
+            required: [
+                string_column(rows * 36),
+                string_column(rows * 16),
+                string_column(rows * 24),
+            ],
+            timestamps: Vec::with_capacity(rows),
+            optional: OPTIONAL_STRING_COLUMNS
+                .iter()
+                .map(|column| {
+                    if *column == "properties" {
+                        string_column(text_bytes)
+                    } else {
+                        string_column(rows * 16)
+                    }
+                })
+                .collect(),
+        }
+    }
+
     /// Adds one row.
     pub fn push(&mut self, row: EventRow) {
         for (builder, value) in self.required.iter_mut().zip(&row.required) {

@@ -391,7 +391,8 @@ fn parse_chunks(
 }
 
 fn parse_chunk(chunk: &LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
-    let mut events = EventBatchBuilder::default();
+    // About one event per 500 bytes of generated or exported PostHog JSON.
+    let mut events = EventBatchBuilder::with_capacity(chunk.bytes.len() / 400, chunk.bytes.len());
     let mut rejected = Vec::new();
     let mut lines = 0;
     let body = chunk.bytes.strip_suffix(b"\n").unwrap_or(&chunk.bytes);
