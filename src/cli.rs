@@ -130,6 +130,44 @@ pub enum Command {
         #[arg(long, value_name = "MIB", default_value_t = crate::ingest::DEFAULT_MEMORY_BUDGET_MIB)]
         memory_budget_mb: usize,
     },
+    /// Run a Ballista scheduler that knows every sessionql function (feature
+    /// `distributed`); clients connect with `--cluster df://HOST:PORT`.
+    #[cfg(feature = "distributed")]
+    Scheduler {
+        /// Address to listen on (port 0 picks a free one; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:50050")]
+        bind: SocketAddr,
+        /// Seconds without a heartbeat after which an executor is taken for
+        /// dead and its work moved to the others.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        executor_timeout: u64,
+    },
+    /// Run a Ballista executor that knows every sessionql function (feature
+    /// `distributed`).
+    #[cfg(feature = "distributed")]
+    Executor {
+        /// The scheduler, HOST:PORT.
+        #[arg(long, value_name = "HOST:PORT")]
+        scheduler: String,
+        /// Address the executor binds to and advertises.
+        #[arg(long, default_value = "127.0.0.1")]
+        bind_host: std::net::IpAddr,
+        /// Arrow Flight port for shuffle data (0: a free one, printed).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// gRPC port for task launches (0: a free one, printed).
+        #[arg(long, default_value_t = 0)]
+        grpc_port: u16,
+        /// Tasks run at once (default: one per core).
+        #[arg(long, default_value_t = 0)]
+        concurrency: usize,
+        /// Directory for shuffle files (default: a temporary one, removed on exit).
+        #[arg(long, value_name = "DIR")]
+        work_dir: Option<PathBuf>,
+        /// Seconds between heartbeats to the scheduler.
+        #[arg(long, value_name = "SECONDS", default_value_t = 5)]
+        heartbeat: u64,
+    },
     /// Generate realistic events (deterministic for a seed) as Parquet or PostHog NDJSON.
     Generate {
         /// Number of events.
@@ -238,6 +276,11 @@ pub struct EngineArgs {
     /// Custom channel rules (JSON), tried before the built-in rules.
     #[arg(long, value_name = "FILE")]
     pub channel_rules: Option<PathBuf>,
+    /// Run queries on the Ballista cluster whose scheduler is here
+    /// (df://HOST:PORT; needs the `distributed` feature and Parquet events
+    /// every executor can read).
+    #[arg(long, value_name = "URL")]
+    pub cluster: Option<String>,
 }
 
 impl EngineArgs {
@@ -261,6 +304,9 @@ impl EngineArgs {
         }
         if let Some(path) = &self.channel_rules {
             builder = builder.channel_rules(path);
+        }
+        if let Some(url) = &self.cluster {
+            builder = builder.cluster(url);
         }
         let engine = builder.build().await?;
         report_skipped_lines(engine.load_report());
@@ -481,6 +527,56 @@ async fn execute(cli: Cli) -> Result<()> {
                 .map_err(|error| SessionqlError::Invalid(format!("ingest stopped: {error}")))??;
             report_ingest(&summary, started.elapsed());
             Ok(())
+        }
+        #[cfg(feature = "distributed")]
+        Command::Scheduler {
+            bind,
+            executor_timeout,
+        } => {
+            let (listener, bound) = crate::listen::bind(bind).await?;
+            crate::listen::announce("Ballista scheduler", bound);
+            let options = crate::distributed::scheduler::SchedulerOptions {
+                executor_timeout_seconds: executor_timeout,
+            };
+            tokio::select! {
+                result = crate::distributed::scheduler::run_scheduler(listener, &options) => result,
+                _ = tokio::signal::ctrl_c() => Ok(()),
+            }
+        }
+        #[cfg(feature = "distributed")]
+        Command::Executor {
+            scheduler,
+            bind_host,
+            port,
+            grpc_port,
+            concurrency,
+            work_dir,
+            heartbeat,
+        } => {
+            let (scheduler_host, scheduler_port) = scheduler
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
+                .ok_or_else(|| {
+                    SessionqlError::Invalid(format!(
+                        "--scheduler {scheduler}: expected HOST:PORT"
+                    ))
+                })?;
+            let options = crate::distributed::executor::ExecutorOptions {
+                scheduler_host,
+                scheduler_port,
+                bind_host,
+                flight_port: port,
+                grpc_port,
+                concurrency,
+                work_dir,
+                heartbeat_seconds: heartbeat,
+            };
+            let ports = crate::distributed::executor::choose_ports(&options)?;
+            crate::listen::announce(
+                "Ballista executor",
+                SocketAddr::new(bind_host, ports.flight),
+            );
+            crate::distributed::executor::run_executor(&options, ports).await
         }
         Command::Generate {
             events,

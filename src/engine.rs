@@ -21,7 +21,7 @@ use sessionql_udfs::SessionqlConfig;
 
 use crate::channel_files::ChannelFiles;
 use crate::error::{Result, SessionqlError};
-use crate::events_table::{LoadReport, adapt_to_events_schema, events_table};
+use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
 use crate::session_views::register_session_views;
 
 /// The sample data shipped in the repository, used when no events path is given.
@@ -62,6 +62,7 @@ pub struct EngineBuilder {
     events: Option<PathBuf>,
     settings: SessionqlConfig,
     target_partitions: Option<usize>,
+    cluster: Option<String>,
 }
 
 impl Engine {
@@ -71,6 +72,7 @@ impl Engine {
             events: None,
             settings: SessionqlConfig::default(),
             target_partitions: None,
+            cluster: None,
         }
     }
 
@@ -232,14 +234,37 @@ impl EngineBuilder {
         self
     }
 
+    /// Runs queries on the Ballista cluster whose scheduler is at `url`
+    /// (`df://HOST:PORT`) instead of in this process. Needs the `distributed`
+    /// feature, and events in Parquet at a path (or object store URL) every
+    /// executor can read.
+    pub fn cluster(mut self, url: impl Into<String>) -> Self {
+        self.cluster = Some(url.into());
+        self
+    }
+
     /// Builds the session: registers functions, loads or lists the events and
     /// creates the session views.
     pub async fn build(self) -> Result<Engine> {
-        let context = session_context(&self.settings, self.target_partitions)?;
+        let mut context = session_context(&self.settings, self.target_partitions)?;
+        if let Some(cluster) = &self.cluster {
+            context = on_cluster(&context, cluster)?;
+        }
         check_channel_files(&context).await?;
         let events_path = self.events.unwrap_or_else(sample_events_path);
         let partitions = context.state().config().target_partitions();
-        let (events, load_report) = events_table(&events_path, partitions)?;
+        let (events, load_report) = match object_store_url(&events_path) {
+            Some(url) => (object_store_events(url)?, LoadReport::default()),
+            None => events_table(&events_path, partitions)?,
+        };
+        if self.cluster.is_some() && load_report.format.is_some_and(|format| format != EventFormat::Parquet) {
+            return Err(SessionqlError::Invalid(format!(
+                "{}: a cluster reads events from Parquet files every executor can read; \
+                 NDJSON and CSV events are loaded into this process only \
+                 (turn them into Parquet with `sessionql ingest`)",
+                events_path.display()
+            )));
+        }
         context.register_table("events", events)?;
         register_session_views(&context).await?;
         Ok(Engine {
@@ -247,6 +272,38 @@ impl EngineBuilder {
             load_report,
         })
     }
+}
+
+/// The events path as an object store URL (`s3://bucket/prefix/`), if it is one.
+fn object_store_url(path: &Path) -> Option<&str> {
+    path.to_str().filter(|text| text.starts_with("s3://"))
+}
+
+#[cfg(feature = "distributed")]
+fn on_cluster(context: &SessionContext, url: &str) -> Result<SessionContext> {
+    let cluster = crate::distributed::ClusterUrl::parse(url)?;
+    crate::distributed::connect(context, &cluster)
+}
+
+#[cfg(not(feature = "distributed"))]
+fn on_cluster(_context: &SessionContext, url: &str) -> Result<SessionContext> {
+    Err(SessionqlError::Invalid(format!(
+        "--cluster {url}: this sessionql was built without Ballista; \
+         build it with `cargo build --release --features distributed`"
+    )))
+}
+
+#[cfg(feature = "distributed")]
+fn object_store_events(url: &str) -> Result<Arc<dyn TableProvider>> {
+    crate::events_table::parquet_table_at_url(url)
+}
+
+#[cfg(not(feature = "distributed"))]
+fn object_store_events(url: &str) -> Result<Arc<dyn TableProvider>> {
+    Err(SessionqlError::Invalid(format!(
+        "--events {url}: object stores need the `distributed` feature \
+         (`cargo build --release --features distributed`)"
+    )))
 }
 
 /// Makes `table` the `events` table of `context` (adapted to the events schema:

@@ -216,6 +216,24 @@ fn parquet_table(files: &[PathBuf], sorted: bool) -> Result<Arc<dyn TableProvide
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
+/// The events table over every `.parquet` file under an object store URL
+/// (`s3://bucket/events/`). Files are listed when a query is planned, by
+/// whichever node plans it (the scheduler, on a cluster), not here.
+#[cfg(feature = "distributed")]
+pub fn parquet_table_at_url(url: &str) -> Result<Arc<dyn TableProvider>> {
+    let directory = if url.ends_with('/') {
+        url.to_string()
+    } else {
+        format!("{url}/")
+    };
+    let options =
+        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+    let config = ListingTableConfig::new(ListingTableUrl::parse(&directory)?)
+        .with_listing_options(options)
+        .with_schema(events_schema());
+    Ok(Arc::new(ListingTable::try_new(config)?))
+}
+
 /// Rejects a Parquet file that lacks a required column or has a column of a
 /// type the events schema cannot read, naming the file and the column.
 /// Returns whether the file declares itself sorted by (`distinct_id`,

@@ -9,6 +9,8 @@ pub mod bench;
 pub mod channel_files;
 pub mod cli;
 pub mod complete_files;
+#[cfg(feature = "distributed")]
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod event_rows;

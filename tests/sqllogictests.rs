@@ -16,9 +16,16 @@
 //!    into DataFusion's text (`tests/slt/postgres_db.rs`), the same expected
 //!    rows.
 //!
+//! 4. With the `distributed` feature, sessionql's own files once more on a
+//!    Ballista cluster (a scheduler and two executors in this process,
+//!    `tests/slt/cluster_db.rs`), the same expected rows.
+//!
 //! `cargo test --test sqllogictests -- FILTER` runs only files whose path
 //! contains FILTER; `SESSIONQL_STOCK_SLT=0` skips part 2.
 
+#[cfg(feature = "distributed")]
+#[path = "slt/cluster_db.rs"]
+mod cluster_db;
 #[path = "slt/postgres_db.rs"]
 mod postgres_db;
 
@@ -125,17 +132,23 @@ impl sqllogictest::AsyncDB for SessionqlDb {
 }
 
 fn creates_events_table(sql: &str) -> bool {
+    created_table(sql).as_deref() == Some("events")
+}
+
+/// The name of the table a `CREATE [OR REPLACE] TABLE` statement makes.
+fn created_table(sql: &str) -> Option<String> {
     let words: Vec<String> = sql
         .split_whitespace()
         .take(6)
         .map(|word| word.to_ascii_lowercase())
         .collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
-    matches!(
-        words.as_slice(),
-        ["create", "table", name, ..] | ["create", "or", "replace", "table", name, ..]
-            if name.split('(').next() == Some("events")
-    )
+    match words.as_slice() {
+        ["create", "table", name, ..] | ["create", "or", "replace", "table", name, ..] => {
+            name.split('(').next().map(str::to_string)
+        }
+        _ => None,
+    }
 }
 
 /// Runs every record of a file, collecting all failures rather than stopping
@@ -264,6 +277,25 @@ struct Tally {
 /// Part 1: the own files in process.
 async fn run_own_files(filter: Option<&str>, tally: &mut Tally) {
     run_own_files_on(filter, tally, "", sessionql_session_for_own_files).await;
+}
+
+/// Part 4: the own files on an in-process Ballista cluster.
+#[cfg(feature = "distributed")]
+async fn run_own_files_on_cluster(filter: Option<&str>, tally: &mut Tally) {
+    let url = match cluster_db::start_in_process_cluster().await {
+        Ok(url) => url,
+        Err(error) => {
+            tally.failed += 1;
+            tally.failures.push(format!("in-process cluster: {error}"));
+            return;
+        }
+    };
+    // The cluster lives as long as the process; so may its address.
+    let url: &'static str = Box::leak(url.into_boxed_str());
+    run_own_files_on(filter, tally, " on a Ballista cluster", move || {
+        cluster_db::ClusterDb::connect(url.to_string())
+    })
+    .await;
 }
 
 /// Part 3: the own files over the Postgres protocol.
@@ -444,6 +476,8 @@ fn main() -> ExitCode {
         let mut tally = Tally::default();
         run_own_files(filter.as_deref(), &mut tally).await;
         run_own_files_over_postgres(filter.as_deref(), &mut tally).await;
+        #[cfg(feature = "distributed")]
+        run_own_files_on_cluster(filter.as_deref(), &mut tally).await;
         if run_stock {
             let started = Instant::now();
             run_stock_files(filter.as_deref(), &mut tally).await;

@@ -1,0 +1,197 @@
+//! sessionql on Apache DataFusion Ballista (cargo feature `distributed`).
+//!
+//! What runs where:
+//! - the client (`query`, `shell`, `serve` with `--cluster df://HOST:PORT`)
+//!   parses and optimises SQL with sessionql's session (the `sessions` views
+//!   are inlined there, settings folded into `session_start`'s arguments) and
+//!   sends the logical plan to the scheduler;
+//! - the scheduler ([`scheduler`]) plans it physically with a session that
+//!   knows every sessionql function and the `sessionql.*` settings, and cuts
+//!   it into stages at each repartition: the hash repartition by
+//!   `distinct_id` before `session_start` becomes a shuffle, so all events of
+//!   a user meet in one task and sessionization is exact;
+//! - executors ([`executor`]) run the stages' tasks with the same functions,
+//!   read events from a path every executor sees (or an object store,
+//!   [`object_stores`]), and exchange shuffle data over Arrow Flight.
+//!
+//! Ballista's stock binaries know none of sessionql's functions; these use
+//! Ballista's extension points (session builder, config producer, function
+//! registry, runtime producer) rather than a fork.
+
+pub mod executor;
+pub mod object_stores;
+pub mod scheduler;
+
+use std::sync::Arc;
+
+use ballista_core::extension::{
+    SessionConfigExt, SessionStateExt, ballista_aggregate_functions, ballista_scalar_functions,
+    ballista_window_functions,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::{SessionState, SessionStateBuilder};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use sessionql_udfs::SessionqlConfig;
+
+use crate::channel_files::ChannelFiles;
+use crate::error::{Result, SessionqlError};
+use object_stores::SessionqlObjectStores;
+
+/// Ballista's switch for adaptive query planning; see [`connect`].
+const ADAPTIVE_PLANNER_SETTING: &str = "ballista.planner.adaptive.enabled";
+
+/// The port of a scheduler address that names none, as in Ballista.
+pub const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// A Ballista scheduler address as users write it: `df://HOST[:PORT]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    /// Host name or IP address of the scheduler.
+    pub host: String,
+    /// Its gRPC port.
+    pub port: u16,
+}
+
+impl ClusterUrl {
+    /// Parses `df://HOST[:PORT]`; anything else is an error naming the form.
+    pub fn parse(text: &str) -> Result<ClusterUrl> {
+        let invalid = |why: &str| {
+            SessionqlError::Invalid(format!(
+                "--cluster {text}: {why}; expected df://HOST:PORT (a Ballista scheduler)"
+            ))
+        };
+        let url = url::Url::parse(text).map_err(|error| invalid(&error.to_string()))?;
+        if url.scheme() != "df" {
+            return Err(invalid(&format!("unknown scheme '{}'", url.scheme())));
+        }
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| invalid("no host"))?
+            .to_string();
+        if !matches!(url.path(), "" | "/") {
+            return Err(invalid("a path is not allowed"));
+        }
+        Ok(ClusterUrl {
+            host,
+            port: url.port().unwrap_or(DEFAULT_SCHEDULER_PORT),
+        })
+    }
+
+    /// The scheduler's gRPC endpoint.
+    pub fn scheduler_endpoint(&self) -> String {
+        format!("http://{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Display for ClusterUrl {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(formatter, "df://{}:{}", self.host, self.port)
+    }
+}
+
+/// The configuration every node starts a session from: Ballista's defaults
+/// plus the `sessionql.*` settings, so the settings a client sends with each
+/// query are understood rather than dropped.
+pub fn node_config() -> SessionConfig {
+    SessionConfig::new_with_ballista()
+        .with_information_schema(true)
+        .with_option_extension(SessionqlConfig::default())
+}
+
+/// The session the scheduler plans a client's queries in: DataFusion's
+/// defaults as Ballista sets them up, every sessionql and JSON function, and
+/// the object stores of [`object_stores`].
+pub fn node_session_state(config: SessionConfig) -> datafusion::common::Result<SessionState> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(SessionqlObjectStores::default()))
+        .build()?;
+    let mut state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config)
+        .with_runtime_env(Arc::new(runtime))
+        .with_optimizer_rules(ballista_core::optimizer::ballista_default_optimizer_rules())
+        .with_scalar_functions(ballista_scalar_functions())
+        .with_aggregate_functions(ballista_aggregate_functions())
+        .with_window_functions(ballista_window_functions())
+        .build();
+    register_sessionql_functions(&mut state)?;
+    Ok(state)
+}
+
+/// Registers sessionql's functions (channel files read from the node's file
+/// system) and the JSON functions on `state`.
+fn register_sessionql_functions(state: &mut SessionState) -> datafusion::common::Result<()> {
+    sessionql_udfs::register_all_with_channel_source(
+        state,
+        Some(Arc::new(ChannelFiles::default())),
+    )?;
+    datafusion_functions_json::register_all(state)?;
+    Ok(())
+}
+
+/// Turns a local sessionql session (functions and settings, no tables yet)
+/// into one whose queries run on the cluster at `cluster`. Nothing is sent
+/// until the first query; a scheduler that cannot be reached fails that query
+/// with an error naming the address.
+pub fn connect(context: &SessionContext, cluster: &ClusterUrl) -> Result<SessionContext> {
+    let state = context.state();
+    let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
+        .with_object_store_registry(Arc::new(SessionqlObjectStores::default()))
+        .build_arc()?;
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_runtime_env(runtime)
+        .build();
+    // Upgrading replaces the function maps with Ballista's defaults: register
+    // sessionql's again on the upgraded state.
+    let mut state = state.upgrade_for_ballista(cluster.scheduler_endpoint())?;
+    register_sessionql_functions(&mut state)?;
+    // Ballista's adaptive planner (on by default in 55.0) hands executors
+    // sort stages whose input reports no partitions; DataFusion asserts
+    // against that while resetting the sort (a panic in debug builds that
+    // takes the executor out of the cluster). The static planner runs every
+    // sessionql query; a session may still `SET
+    // ballista.planner.adaptive.enabled = true`.
+    state
+        .config_mut()
+        .options_mut()
+        .set(ADAPTIVE_PLANNER_SETTING, "false")?;
+    Ok(SessionContext::new_with_state(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_parse_with_and_without_port() {
+        assert_eq!(
+            ClusterUrl::parse("df://localhost:50051").ok(),
+            Some(ClusterUrl {
+                host: "localhost".into(),
+                port: 50051
+            })
+        );
+        assert_eq!(
+            ClusterUrl::parse("df://10.0.0.7").ok().map(|url| url.port),
+            Some(DEFAULT_SCHEDULER_PORT)
+        );
+        assert_eq!(
+            ClusterUrl::parse("df://10.0.0.7:1234")
+                .ok()
+                .map(|url| url.scheduler_endpoint()),
+            Some("http://10.0.0.7:1234".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_cluster_urls_name_the_expected_form() {
+        for bad in ["localhost:50050", "http://host:1", "df://", "df://h:1/x"] {
+            let message = ClusterUrl::parse(bad)
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(message.contains("expected df://HOST:PORT"), "{bad}: {message}");
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! sessionql on Ballista, end to end: the real `sessionql scheduler` and two
+//! `sessionql executor` processes on loopback, queried by `sessionql query
+//! --cluster`, compared with the local engine on the shipped sample; then one
+//! executor killed in the middle of a batch of queries.
+//!
+//! Built only with the `distributed` feature (the README's test command turns
+//! it on).
+
+#![cfg(feature = "distributed")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{sessionql, stderr, stdout};
+
+/// A scheduler and its executors, killed when dropped.
+struct Cluster {
+    scheduler: Child,
+    executors: Vec<Child>,
+    /// `df://127.0.0.1:PORT`.
+    url: String,
+    /// Holds the processes' logs.
+    logs: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.executors.iter_mut().chain([&mut self.scheduler]) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts a process whose first stdout line announces its address, and
+/// returns it with that address.
+fn start_announcing(mut command: Command, log: std::path::PathBuf) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let address = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "no address announced: {line:?}; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    (child, address)
+}
+
+fn start_cluster(executors: usize) -> Cluster {
+    let logs = tempfile::tempdir().unwrap();
+    let mut scheduler = sessionql();
+    scheduler.args([
+        "scheduler",
+        "--bind",
+        "127.0.0.1:0",
+        "--executor-timeout",
+        "6",
+    ]);
+    let (scheduler, scheduler_address) =
+        start_announcing(scheduler, logs.path().join("scheduler.log"));
+    let executors = (0..executors)
+        .map(|index| {
+            let mut executor = sessionql();
+            executor.args([
+                "executor",
+                "--scheduler",
+                &scheduler_address,
+                "--concurrency",
+                "2",
+                "--heartbeat",
+                "1",
+            ]);
+            start_announcing(executor, logs.path().join(format!("executor-{index}.log"))).0
+        })
+        .collect();
+    Cluster {
+        scheduler,
+        executors,
+        url: format!("df://{scheduler_address}"),
+        logs,
+    }
+}
+
+fn query(args: &[&str], sql: &str) -> Output {
+    sessionql()
+        .args(["query", "--format", "csv"])
+        .args(args)
+        .arg(sql)
+        .output()
+        .unwrap()
+}
+
+/// Runs `sql` locally and on `cluster`; both must succeed with the same rows.
+fn assert_same_rows(cluster: &Cluster, extra_args: &[&str], sql: &str) -> String {
+    let local = query(extra_args, sql);
+    assert!(local.status.success(), "local: {}", stderr(&local));
+    let mut args = vec!["--cluster", cluster.url.as_str()];
+    args.extend_from_slice(extra_args);
+    let remote = query(&args, sql);
+    assert!(
+        remote.status.success(),
+        "cluster: {sql}: {}\nscheduler log: {}",
+        stderr(&remote),
+        std::fs::read_to_string(cluster.logs.path().join("scheduler.log")).unwrap_or_default()
+    );
+    assert_eq!(stdout(&remote), stdout(&local), "{sql}");
+    stdout(&local)
+}
+
+/// Every session of the sample, every column, in a fixed order.
+const ALL_SESSIONS: &str = "SELECT * FROM sessions ORDER BY session_id";
+
+#[test]
+fn a_cluster_gives_the_local_engines_rows() {
+    let cluster = start_cluster(2);
+
+    // The whole sessions table: 4,937 sessions of the sample, every property.
+    let all = assert_same_rows(&cluster, &[], ALL_SESSIONS);
+    assert_eq!(all.lines().count(), 1 + 4_937);
+
+    // The README's first query, and the sessions joined back to events.
+    let channels = assert_same_rows(
+        &cluster,
+        &[],
+        "SELECT channel_type, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 2 DESC, 1",
+    );
+    let total: u64 = channels
+        .lines()
+        .skip(1)
+        .map(|line| line.rsplit(',').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(total, 4_937);
+    assert_same_rows(
+        &cluster,
+        &[],
+        "SELECT s.entry_pathname, count(*) AS events, count(DISTINCT e.session_id) AS sessions
+         FROM session_events e JOIN sessions s ON e.session_id = s.session_id
+         GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10",
+    );
+    // Scalar functions and the window function called directly.
+    assert_same_rows(
+        &cluster,
+        &[],
+        "SELECT distinct_id, count(DISTINCT visit_start) AS visits,
+                max(url_pathname(current_url)) AS last_path,
+                max(referring_domain_type(referring_domain)) AS domain_type
+         FROM (SELECT *, session_start(timestamp, 600)
+                   OVER (PARTITION BY distinct_id ORDER BY timestamp) AS visit_start
+               FROM events)
+         GROUP BY 1 ORDER BY 1 LIMIT 20",
+    );
+
+    // Settings travel with each query: a shorter idle timeout splits more
+    // sessions, on the cluster as locally.
+    let shorter = assert_same_rows(
+        &cluster,
+        &[],
+        "SET sessionql.session_idle_timeout_seconds = 300; SELECT count(*) AS sessions FROM sessions",
+    );
+    let shorter: u64 = shorter.lines().nth(1).unwrap().parse().unwrap();
+    assert!(shorter > 4_937, "{shorter}");
+    assert_same_rows(
+        &cluster,
+        &["--bounce-duration", "60"],
+        "SELECT count(*) FILTER (WHERE is_bounce) AS bounces FROM sessions",
+    );
+    // Channel rules read by the executors from a shared path.
+    assert_same_rows(
+        &cluster,
+        &["--channel-rules", "tests/data/channels/rules.json"],
+        "SELECT channel_type, count(*) FROM sessions GROUP BY 1 ORDER BY 1",
+    );
+
+    // Errors name the problem and leave the cluster serving.
+    let bad = query(
+        &["--cluster", &cluster.url],
+        "SELECT no_such_column FROM sessions",
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("no_such_column"), "{}", stderr(&bad));
+    let failing_function = query(
+        &["--cluster", &cluster.url],
+        "SELECT session_start(timestamp, -5) OVER (PARTITION BY distinct_id ORDER BY timestamp) FROM events",
+    );
+    assert!(!failing_function.status.success());
+    assert!(
+        stderr(&failing_function).contains("idle_timeout_seconds"),
+        "{}",
+        stderr(&failing_function)
+    );
+    assert_same_rows(&cluster, &[], "SELECT count(*) FROM sessions");
+}
+
+#[test]
+fn cluster_misuse_gets_clear_errors() {
+    let malformed = query(&["--cluster", "localhost:50050"], "SELECT 1");
+    assert!(!malformed.status.success());
+    assert!(
+        stderr(&malformed).contains("expected df://HOST:PORT"),
+        "{}",
+        stderr(&malformed)
+    );
+
+    // Nobody listens on this port: the query fails with the address named.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = query(
+        &["--cluster", &format!("df://127.0.0.1:{port}")],
+        "SELECT count(*) FROM sessions",
+    );
+    assert!(!unreachable.status.success());
+    assert!(
+        stderr(&unreachable).contains(&port.to_string()),
+        "{}",
+        stderr(&unreachable)
+    );
+
+    // NDJSON events live in the client's memory; executors cannot read them.
+    let directory = tempfile::tempdir().unwrap();
+    let events = support::write_file(
+        directory.path(),
+        "events.ndjson",
+        r#"{"uuid": "e1", "event": "$pageview", "distinct_id": "u1", "timestamp": "2024-01-01T00:00:00Z"}"#,
+    );
+    let ndjson = query(
+        &[
+            "--cluster",
+            "df://127.0.0.1:1",
+            "--events",
+            events.to_str().unwrap(),
+        ],
+        "SELECT 1",
+    );
+    assert!(!ndjson.status.success());
+    assert!(stderr(&ndjson).contains("Parquet"), "{}", stderr(&ndjson));
+}
+
+/// Queries of the batch: each reads every event, so each has a shuffle.
+const BATCH: [&str; 3] = [
+    "SELECT channel_type, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 1",
+    "SELECT entry_pathname, count(*) AS sessions, sum(pageview_count) AS pageviews FROM sessions GROUP BY 1 ORDER BY 1",
+    "SELECT date_trunc('day', start_timestamp) AS day, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 1",
+];
+
+#[test]
+fn losing_an_executor_mid_batch() {
+    let mut cluster = start_cluster(2);
+    let expected: Vec<String> = BATCH
+        .iter()
+        .map(|sql| {
+            let local = query(&[], sql);
+            assert!(local.status.success(), "{}", stderr(&local));
+            stdout(&local)
+        })
+        .collect();
+    // Warm up: both executors registered and serving.
+    for (sql, rows) in BATCH.iter().zip(&expected) {
+        let output = query(&["--cluster", &cluster.url], sql);
+        assert_eq!(stdout(&output), *rows, "{}", stderr(&output));
+    }
+
+    // A batch of queries run one after another; the first executor is killed
+    // while the third is running.
+    let url = cluster.url.clone();
+    let runs = 12;
+    let batch = std::thread::spawn(move || {
+        (0..runs)
+            .map(|index| {
+                let sql = BATCH[index % BATCH.len()];
+                let started = Instant::now();
+                let output = query(&["--cluster", &url], sql);
+                (index, started.elapsed(), output)
+            })
+            .collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_millis(1_500));
+    cluster.executors[0].kill().unwrap();
+    cluster.executors[0].wait().unwrap();
+    let outcomes = batch.join().unwrap();
+
+    let mut completed = 0;
+    let mut failed = 0;
+    for (index, elapsed, output) in &outcomes {
+        let rows = &expected[index % BATCH.len()];
+        if output.status.success() {
+            // A query that completes gives exactly the local rows.
+            assert_eq!(stdout(output), *rows, "query {index}");
+            completed += 1;
+            println!("query {index}: completed in {elapsed:.1?}");
+        } else {
+            // A query that fails says so on one line, without a panic.
+            let message = stderr(output);
+            assert!(message.starts_with("error: "), "query {index}: {message}");
+            assert!(!message.contains("panicked"), "query {index}: {message}");
+            failed += 1;
+            println!("query {index}: failed in {elapsed:.1?}: {}", message.trim());
+        }
+    }
+    println!("{completed} of {runs} queries completed, {failed} failed after the kill");
+    // The surviving executor carries the cluster: the last queries complete.
+    let (_, _, last) = outcomes.last().unwrap();
+    assert!(last.status.success(), "{}", stderr(last));
+    let after = query(&["--cluster", &cluster.url], BATCH[0]);
+    assert_eq!(stdout(&after), expected[0], "{}", stderr(&after));
+}
