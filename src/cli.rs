@@ -557,9 +557,7 @@ async fn execute(cli: Cli) -> Result<()> {
                 .rsplit_once(':')
                 .and_then(|(host, port)| Some((host.to_string(), port.parse::<u16>().ok()?)))
                 .ok_or_else(|| {
-                    SessionqlError::Invalid(format!(
-                        "--scheduler {scheduler}: expected HOST:PORT"
-                    ))
+                    SessionqlError::Invalid(format!("--scheduler {scheduler}: expected HOST:PORT"))
                 })?;
             let options = crate::distributed::executor::ExecutorOptions {
                 scheduler_host,

@@ -257,7 +257,11 @@ impl EngineBuilder {
             Some(url) => (object_store_events(url)?, LoadReport::default()),
             None => events_table(&events_path, partitions)?,
         };
-        if self.cluster.is_some() && load_report.format.is_some_and(|format| format != EventFormat::Parquet) {
+        if self.cluster.is_some()
+            && load_report
+                .format
+                .is_some_and(|format| format != EventFormat::Parquet)
+        {
             return Err(SessionqlError::Invalid(format!(
                 "{}: a cluster reads events from Parquet files every executor can read; \
                  NDJSON and CSV events are loaded into this process only \
@@ -353,15 +357,33 @@ pub async fn isolated_session(base: &SessionContext, skip: &[&str]) -> Result<Se
     Ok(SessionContext::new_with_state(state))
 }
 
+/// DataFusion settings sessionql changes from DataFusion's defaults.
+///
+/// `datafusion.optimizer.enable_leaf_expression_pushdown` is off: in
+/// DataFusion 55.2 the rule behind it, pushing the JSON functions' calls
+/// below the `session_events` union, made `SELECT json_get_str(properties,
+/// 'plan'), count(*) FROM session_events GROUP BY 1` return the `uuid`
+/// column instead (pinned in `tests/sql/analyst_queries.slt`).
+pub fn with_sessionql_defaults(config: SessionConfig) -> SessionConfig {
+    let mut config = config;
+    config
+        .options_mut()
+        .optimizer
+        .enable_leaf_expression_pushdown = false;
+    config
+}
+
 /// A session with sessionql's functions and settings but no tables: for
 /// embedding the functions over one's own tables.
 pub fn session_context(
     settings: &SessionqlConfig,
     target_partitions: Option<usize>,
 ) -> Result<SessionContext> {
-    let mut config = SessionConfig::new()
-        .with_information_schema(true)
-        .with_option_extension(settings.clone());
+    let mut config = with_sessionql_defaults(
+        SessionConfig::new()
+            .with_information_schema(true)
+            .with_option_extension(settings.clone()),
+    );
     if let Some(partitions) = target_partitions {
         config = config.with_target_partitions(partitions);
     }

@@ -48,7 +48,12 @@ fn start_announcing(mut command: Command, log: std::path::PathBuf) -> (Child, St
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let address = line.trim().rsplit(' ').next().unwrap_or_default().to_string();
+    let address = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     assert!(
         address.starts_with("127.0.0.1:"),
         "no address announced: {line:?}; log: {}",

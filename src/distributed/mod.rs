@@ -21,6 +21,7 @@
 pub mod executor;
 pub mod object_stores;
 pub mod scheduler;
+pub mod window_sort_keys;
 
 use std::sync::Arc;
 
@@ -94,14 +95,17 @@ impl std::fmt::Display for ClusterUrl {
 /// plus the `sessionql.*` settings, so the settings a client sends with each
 /// query are understood rather than dropped.
 pub fn node_config() -> SessionConfig {
-    SessionConfig::new_with_ballista()
-        .with_information_schema(true)
-        .with_option_extension(SessionqlConfig::default())
+    crate::engine::with_sessionql_defaults(
+        SessionConfig::new_with_ballista()
+            .with_information_schema(true)
+            .with_option_extension(SessionqlConfig::default()),
+    )
 }
 
 /// The session the scheduler plans a client's queries in: DataFusion's
 /// defaults as Ballista sets them up, every sessionql and JSON function, and
-/// the object stores of [`object_stores`].
+/// the object stores of [`object_stores`], and the physical rule of
+/// [`window_sort_keys`] that keeps window plans valid across stages.
 pub fn node_session_state(config: SessionConfig) -> datafusion::common::Result<SessionState> {
     let runtime = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(SessionqlObjectStores::default()))
@@ -114,6 +118,7 @@ pub fn node_session_state(config: SessionConfig) -> datafusion::common::Result<S
         .with_scalar_functions(ballista_scalar_functions())
         .with_aggregate_functions(ballista_aggregate_functions())
         .with_window_functions(ballista_window_functions())
+        .with_physical_optimizer_rule(Arc::new(window_sort_keys::WindowSortKeys))
         .build();
     register_sessionql_functions(&mut state)?;
     Ok(state)
@@ -191,7 +196,10 @@ mod tests {
                 .err()
                 .map(|error| error.to_string())
                 .unwrap_or_default();
-            assert!(message.contains("expected df://HOST:PORT"), "{bad}: {message}");
+            assert!(
+                message.contains("expected df://HOST:PORT"),
+                "{bad}: {message}"
+            );
         }
     }
 }

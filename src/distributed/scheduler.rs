@@ -44,8 +44,9 @@ pub async fn run_scheduler(listener: TcpListener, options: &SchedulerOptions) ->
     // Check for dead executors a few times per timeout.
     config.expire_dead_executor_interval_seconds = (options.executor_timeout_seconds / 3).max(1);
     let config = Arc::new(config);
-    let scheduler_failed =
-        |error: ballista_core::error::BallistaError| SessionqlError::Invalid(format!("scheduler: {error}"));
+    let scheduler_failed = |error: ballista_core::error::BallistaError| {
+        SessionqlError::Invalid(format!("scheduler: {error}"))
+    };
     let cluster = BallistaCluster::new_from_config(&config)
         .await
         .map_err(scheduler_failed)?;

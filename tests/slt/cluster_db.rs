@@ -73,7 +73,8 @@ pub struct ClusterDb {
 impl ClusterDb {
     /// A fresh session on the cluster at `url` (no events until a file makes them).
     pub async fn connect(url: String) -> Result<ClusterDb, DFSqlLogicTestError> {
-        let other = |error: sessionql::SessionqlError| DFSqlLogicTestError::Other(error.to_string());
+        let other =
+            |error: sessionql::SessionqlError| DFSqlLogicTestError::Other(error.to_string());
         let cluster_context = Engine::builder()
             .cluster(url)
             .target_partitions(4)
@@ -82,27 +83,37 @@ impl ClusterDb {
             .map_err(other)?
             .context()
             .clone();
-        let local_context =
-            session_context(&SessionqlConfig::default(), Some(4)).map_err(other)?;
+        let local_context = session_context(&SessionqlConfig::default(), Some(4)).map_err(other)?;
         Ok(ClusterDb {
-            cluster: DataFusion::new(cluster_context.clone(), PathBuf::new(), ProgressBar::hidden()),
+            cluster: DataFusion::new(
+                cluster_context.clone(),
+                PathBuf::new(),
+                ProgressBar::hidden(),
+            ),
             cluster_context,
             local: DataFusion::new(local_context.clone(), PathBuf::new(), ProgressBar::hidden()),
             local_context,
-            tables: tempfile::tempdir().map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?,
+            tables: tempfile::tempdir()
+                .map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?,
             tables_made: 0,
         })
     }
 
     /// Makes the table `name` (just created locally) readable by the cluster.
     async fn share_table(&mut self, name: &str) -> Result<(), DFSqlLogicTestError> {
-        let other = |error: sessionql::SessionqlError| DFSqlLogicTestError::Other(error.to_string());
+        let other =
+            |error: sessionql::SessionqlError| DFSqlLogicTestError::Other(error.to_string());
         if name == "events" {
             let table = self.local_context.table_provider("events").await?;
-            use_events_table(&self.local_context, table).await.map_err(other)?;
+            use_events_table(&self.local_context, table)
+                .await
+                .map_err(other)?;
         }
         self.tables_made += 1;
-        let directory = self.tables.path().join(format!("{name}-{}", self.tables_made));
+        let directory = self
+            .tables
+            .path()
+            .join(format!("{name}-{}", self.tables_made));
         let file = directory.join("part-0.parquet");
         self.local_context
             .table(name)
@@ -116,10 +127,16 @@ impl ClusterDb {
         self.cluster_context.deregister_table(name)?;
         if name == "events" {
             let (table, _) = sessionql::events_table::events_table(&directory, 4).map_err(other)?;
-            use_events_table(&self.cluster_context, table).await.map_err(other)?;
+            use_events_table(&self.cluster_context, table)
+                .await
+                .map_err(other)?;
         } else {
             self.cluster_context
-                .register_parquet(name, &directory.to_string_lossy(), ParquetReadOptions::default())
+                .register_parquet(
+                    name,
+                    &directory.to_string_lossy(),
+                    ParquetReadOptions::default(),
+                )
                 .await?;
         }
         Ok(())
@@ -132,7 +149,11 @@ impl sqllogictest::AsyncDB for ClusterDb {
     type ColumnType = DFColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DFColumnType>, DFSqlLogicTestError> {
-        if sql.trim_start().to_ascii_lowercase().starts_with("set sessionql.") {
+        if sql
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("set sessionql.")
+        {
             run_statements(&self.cluster_context, sql)
                 .await
                 .map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?;

@@ -197,7 +197,10 @@ mod tests {
             .err()
             .map(|error| error.to_string())
             .unwrap_or_default();
-        assert!(error.contains("sessionql.bounce_duration_seconds"), "{error}");
+        assert!(
+            error.contains("sessionql.bounce_duration_seconds"),
+            "{error}"
+        );
         assert!(error.contains("'ten'"), "{error}");
         let error = options
             .set("sessionql.no_such_setting", "1")
