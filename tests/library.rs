@@ -114,8 +114,10 @@ async fn builder_options_set_the_session_definition() {
     let context = session_context(&SessionqlConfig::default(), None).unwrap();
     use_events_table(&context, pageviews_table()).await.unwrap();
 
-    let mut settings = SessionqlConfig::default();
-    settings.session_idle_timeout_seconds = 3600;
+    let settings = SessionqlConfig {
+        session_idle_timeout_seconds: 3600,
+        ..SessionqlConfig::default()
+    };
     let long_idle = session_context(&settings, None).unwrap();
     use_events_table(&long_idle, pageviews_table())
         .await
