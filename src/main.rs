@@ -11,6 +11,11 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Warnings, sessionql's own progress, and not Ballista's client-side log of
+/// a failed job: the CLI prints that error itself, as one `error:` line.
+const DEFAULT_LOG_FILTER: &str =
+    "warn,sessionql=info,ballista_core::execution_plans::distributed_query=off";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -18,7 +23,7 @@ async fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sessionql=info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
     sessionql::cli::run(sessionql::cli::Cli::parse()).await

@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,16 +43,8 @@ fn start_announcing(mut command: Command, log: std::path::PathBuf) -> (Child, St
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let line = support::announcement(&mut child);
+    let address = support::announced_address(&line);
     assert!(
         address.starts_with("127.0.0.1:"),
         "no address announced: {line:?}; log: {}",

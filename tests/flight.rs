@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -70,11 +69,8 @@ fn start_server_with(extra_args: &[&str]) -> Server {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    let line = support::announcement(&mut child);
+    let address = support::announced_address(&line);
     assert!(address.starts_with("127.0.0.1:"), "{line}");
     Server {
         child,
@@ -532,11 +528,8 @@ async fn python_adbc_client_sees_what_the_cli_sees() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let address = line.trim().rsplit(' ').next().unwrap().to_string();
+    let line = support::announcement(&mut child);
+    let address = support::announced_address(&line);
     let output = Command::new(python)
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),

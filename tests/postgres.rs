@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
 
 /// u1: two derived sessions (e1–e2, 300 s; e3 alone); u2: one given session
@@ -65,15 +64,12 @@ fn start_server(extra_args: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = support::announcement(&mut child);
     assert!(
         line.starts_with("sessionql Postgres server listening on 127.0.0.1:"),
         "{line}"
     );
-    let port = line.trim().rsplit(':').next().unwrap().to_string();
+    let port = line.rsplit(':').next().unwrap().to_string();
     Server {
         child,
         port,

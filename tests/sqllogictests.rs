@@ -103,17 +103,8 @@ impl sqllogictest::AsyncDB for SessionqlDb {
     type ColumnType = DFColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DFColumnType>, DFSqlLogicTestError> {
-        // Settings go through sessionql, as every door runs them: a bad value
-        // or channel file is refused when set.
-        if sql
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("set sessionql.")
-        {
-            run_statements(&self.context, sql)
-                .await
-                .map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?;
-            return Ok(DBOutput::StatementComplete(0));
+        if let Some(done) = run_if_setting(&self.context, sql).await {
+            return done;
         }
         let output = self.inner.run(sql).await?;
         if creates_events_table(sql) {
@@ -134,6 +125,28 @@ impl sqllogictest::AsyncDB for SessionqlDb {
     async fn sleep(duration: Duration) {
         tokio::time::sleep(duration).await;
     }
+}
+
+/// Runs a `SET sessionql.…` statement through sessionql, as every door runs
+/// it (a bad value or channel file is refused when set); `None` for any other
+/// statement.
+async fn run_if_setting(
+    context: &SessionContext,
+    sql: &str,
+) -> Option<Result<DBOutput<DFColumnType>, DFSqlLogicTestError>> {
+    let is_setting = sql
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("set sessionql.");
+    if !is_setting {
+        return None;
+    }
+    Some(
+        run_statements(context, sql)
+            .await
+            .map(|_| DBOutput::StatementComplete(0))
+            .map_err(|error| DFSqlLogicTestError::Other(error.to_string())),
+    )
 }
 
 fn creates_events_table(sql: &str) -> bool {

@@ -18,7 +18,7 @@ use datafusion_sqllogictest::{DFColumnType, DFSqlLogicTestError, DataFusion};
 use indicatif::ProgressBar;
 use sessionql::distributed::executor::{ExecutorOptions, choose_ports, run_executor};
 use sessionql::distributed::scheduler::{SchedulerOptions, run_scheduler};
-use sessionql::{Engine, SessionqlConfig, run_statements, session_context, use_events_table};
+use sessionql::{Engine, SessionqlConfig, session_context, use_events_table};
 use sqllogictest::DBOutput;
 
 /// Executors of the in-process cluster.
@@ -149,15 +149,8 @@ impl sqllogictest::AsyncDB for ClusterDb {
     type ColumnType = DFColumnType;
 
     async fn run(&mut self, sql: &str) -> Result<DBOutput<DFColumnType>, DFSqlLogicTestError> {
-        if sql
-            .trim_start()
-            .to_ascii_lowercase()
-            .starts_with("set sessionql.")
-        {
-            run_statements(&self.cluster_context, sql)
-                .await
-                .map_err(|error| DFSqlLogicTestError::Other(error.to_string()))?;
-            return Ok(DBOutput::StatementComplete(0));
+        if let Some(done) = super::run_if_setting(&self.cluster_context, sql).await {
+            return done;
         }
         if let Some(name) = super::created_table(sql) {
             let output = self.local.run(sql).await?;

@@ -4,14 +4,30 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The `sessionql` binary under test, run from the repository.
 pub fn sessionql() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
     command.current_dir(env!("CARGO_MANIFEST_DIR"));
     command
+}
+
+/// The first line a server started with piped stdout prints: `sessionql …
+/// server listening on ADDRESS`, as `sessionql::listen::announce` writes it.
+pub fn announcement(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout is piped"))
+        .read_line(&mut line)
+        .expect("the server announces its address");
+    line.trim().to_string()
+}
+
+/// The address at the end of an [`announcement`].
+pub fn announced_address(line: &str) -> String {
+    line.rsplit(' ').next().unwrap_or_default().to_string()
 }
 
 /// Runs the binary with `args` and waits for it.
