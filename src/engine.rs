@@ -387,14 +387,33 @@ pub fn session_context(
     if let Some(partitions) = target_partitions {
         config = config.with_target_partitions(partitions);
     }
-    let mut state = SessionStateBuilder::new()
-        .with_config(config)
-        .with_default_features()
-        .build();
+    let mut state = with_object_stores(
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_default_features(),
+    )?
+    .build();
     sessionql_udfs::register_all_with_channel_source(
         &mut state,
         Some(Arc::new(ChannelFiles::default())),
     )?;
     datafusion_functions_json::register_all(&mut state)?;
     Ok(SessionContext::new_with_state(state))
+}
+
+/// With the `distributed` feature, `s3://` events are readable in a local
+/// session too (the same stores the cluster's nodes use).
+#[cfg(feature = "distributed")]
+fn with_object_stores(builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
+    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(
+            crate::distributed::object_stores::SessionqlObjectStores::default(),
+        ))
+        .build_arc()?;
+    Ok(builder.with_runtime_env(runtime))
+}
+
+#[cfg(not(feature = "distributed"))]
+fn with_object_stores(builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
+    Ok(builder)
 }

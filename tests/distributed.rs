@@ -1,7 +1,9 @@
 //! sessionql on Ballista, end to end: the real `sessionql scheduler` and two
 //! `sessionql executor` processes on loopback, queried by `sessionql query
 //! --cluster`, compared with the local engine on the shipped sample; then one
-//! executor killed in the middle of a batch of queries.
+//! executor killed in the middle of a batch of queries; and events read from
+//! an S3-compatible object store (moto's server, from PyPI) by the local engine
+//! and by the cluster.
 //!
 //! Built only with the `distributed` feature (the README's test command turns
 //! it on).
@@ -54,8 +56,15 @@ fn start_announcing(mut command: Command, log: std::path::PathBuf) -> (Child, St
 }
 
 fn start_cluster(executors: usize) -> Cluster {
+    start_cluster_with_env(executors, &[])
+}
+
+/// [`start_cluster`] with extra environment variables for every node (the
+/// AWS_* settings of an object store).
+fn start_cluster_with_env(executors: usize, env: &[(String, String)]) -> Cluster {
     let logs = tempfile::tempdir().unwrap();
     let mut scheduler = sessionql();
+    scheduler.envs(env.iter().cloned());
     scheduler.args([
         "scheduler",
         "--bind",
@@ -68,6 +77,7 @@ fn start_cluster(executors: usize) -> Cluster {
     let executors = (0..executors)
         .map(|index| {
             let mut executor = sessionql();
+            executor.envs(env.iter().cloned());
             executor.args([
                 "executor",
                 "--scheduler",
@@ -89,7 +99,12 @@ fn start_cluster(executors: usize) -> Cluster {
 }
 
 fn query(args: &[&str], sql: &str) -> Output {
+    query_with_env(args, sql, &[])
+}
+
+fn query_with_env(args: &[&str], sql: &str, env: &[(String, String)]) -> Output {
     sessionql()
+        .envs(env.iter().cloned())
         .args(["query", "--format", "csv"])
         .args(args)
         .arg(sql)
@@ -363,4 +378,156 @@ fn losing_an_executor_mid_batch() {
             "after the batch: still waiting after 20 s (a job left waiting by the lost executor)"
         ),
     }
+}
+
+/// An S3-compatible server on loopback (moto's, installed from PyPI into a
+/// virtualenv on first use), killed when dropped.
+struct S3Server {
+    process: Child,
+    python: std::path::PathBuf,
+    endpoint: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let python = support::python_venv("moto-venv", "moto.server, boto3", &["moto[server]"]);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let process = Command::new(python.with_file_name("moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "moto_server did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        S3Server {
+            process,
+            python,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What a sessionql process needs to reach the server (any key works).
+    fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ACCESS_KEY_ID", "sessionql-test"),
+            ("AWS_SECRET_ACCESS_KEY", "sessionql-test"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+    }
+
+    /// Creates `bucket` and uploads `files` (local path, key) with boto3.
+    fn upload(&self, bucket: &str, files: &[(&str, &str)]) {
+        let mut script = format!(
+            "import boto3\n\
+             s3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='x', \
+             aws_secret_access_key='x', region_name='us-east-1')\n\
+             s3.create_bucket(Bucket='{bucket}')\n",
+            self.endpoint
+        );
+        for (path, key) in files {
+            script.push_str(&format!("s3.upload_file('{path}', '{bucket}', '{key}')\n"));
+        }
+        let status = Command::new(&self.python)
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success(), "upload to the S3 server failed");
+    }
+}
+
+/// Equal standard output, reported by line counts and the first difference
+/// rather than by printing thousands of rows.
+fn assert_same_output(found: &Output, expected: &Output) {
+    let (found, expected) = (stdout(found), stdout(expected));
+    if found != expected {
+        let difference = found
+            .lines()
+            .zip(expected.lines())
+            .find(|(left, right)| left != right);
+        panic!(
+            "{} lines, expected {}; first difference: {difference:?}",
+            found.lines().count(),
+            expected.lines().count()
+        );
+    }
+}
+
+#[test]
+fn events_in_an_s3_bucket() {
+    let s3 = S3Server::start();
+    let sample = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/data/sample/events-0000.parquet"
+    );
+    let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+    // The sample under a prefix in a `key=value` directory, as `sessionql
+    // ingest` lays out dates, beside a file that is not Parquet.
+    s3.upload(
+        "analytics",
+        &[
+            (sample, "events/date=2024-01-01/events-0000.parquet"),
+            (readme, "events/README.md"),
+        ],
+    );
+    let env = s3.env();
+    let from_s3 = ["--events", "s3://analytics/events/"];
+
+    // In this process: every session, every column, as from the local file.
+    let local = query(&[], ALL_SESSIONS);
+    assert!(local.status.success(), "{}", stderr(&local));
+    assert_eq!(stdout(&local).lines().count(), 1 + 4_937);
+    let s3_local = query_with_env(&from_s3, ALL_SESSIONS, &env);
+    assert!(s3_local.status.success(), "{}", stderr(&s3_local));
+    assert_same_output(&s3_local, &local);
+
+    // On a cluster whose scheduler and executors read the bucket themselves.
+    let cluster = start_cluster_with_env(2, &env);
+    let mut on_cluster = vec!["--cluster", cluster.url.as_str()];
+    on_cluster.extend_from_slice(&from_s3);
+    let s3_cluster = query_with_env(&on_cluster, ALL_SESSIONS, &env);
+    assert!(
+        s3_cluster.status.success(),
+        "{}\nscheduler log: {}",
+        stderr(&s3_cluster),
+        std::fs::read_to_string(cluster.logs.path().join("scheduler.log")).unwrap_or_default()
+    );
+    assert_same_output(&s3_cluster, &local);
+
+    // A bucket that does not exist: a clear error naming it, then the cluster
+    // still serves.
+    let mut missing = vec!["--cluster", cluster.url.as_str()];
+    missing.extend_from_slice(&["--events", "s3://no-such-bucket/events/"]);
+    let failed = query_with_env(&missing, "SELECT count(*) FROM sessions", &env);
+    assert!(!failed.status.success());
+    assert!(
+        stderr(&failed).contains("no-such-bucket"),
+        "{}",
+        stderr(&failed)
+    );
+    assert!(!stderr(&failed).contains("panicked"), "{}", stderr(&failed));
+    let counted = query_with_env(&on_cluster, "SELECT count(*) FROM sessions", &env);
+    assert_eq!(stdout(&counted), "count(*)\n4937\n", "{}", stderr(&counted));
 }
