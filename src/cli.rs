@@ -45,6 +45,10 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+        /// Give up (with an error) on a query still running after this many
+        /// seconds.
+        #[arg(long, value_name = "SECONDS")]
+        timeout: Option<u64>,
     },
     /// An interactive SQL prompt with history.
     Shell {
@@ -378,9 +382,18 @@ async fn execute(cli: Cli) -> Result<()> {
             sql,
             engine,
             format,
+            timeout,
         } => {
             let engine = engine.build().await?;
-            let (schema, batches) = engine.run_statements(&sql).await?;
+            let (schema, batches) = match timeout {
+                None => engine.run_statements(&sql).await?,
+                Some(seconds) => tokio::time::timeout(
+                    std::time::Duration::from_secs(seconds),
+                    engine.run_statements(&sql),
+                )
+                .await
+                .map_err(|_| SessionqlError::TimedOut { seconds })??,
+            };
             let stdout = std::io::stdout();
             let mut out = stdout.lock();
             write_results(&mut out, format, &schema, &batches)

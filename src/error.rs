@@ -74,6 +74,12 @@ pub enum SessionqlError {
     /// A user-supplied value (a setting, an option) is invalid.
     #[error("{0}")]
     Invalid(String),
+    /// A query ran past the `--timeout` its user gave; it was cancelled.
+    #[error("gave up on the query: still running after {seconds} s (--timeout {seconds})")]
+    TimedOut {
+        /// The limit given.
+        seconds: u64,
+    },
 }
 
 /// Results of sessionql operations.

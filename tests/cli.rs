@@ -308,6 +308,34 @@ fn bad_input_gives_one_clear_error() {
     assert_clean_failure(&output, &["broken.parquet", "not a readable Parquet file"]);
 }
 
+#[test]
+fn a_query_past_its_timeout_is_given_up_with_an_error() {
+    // 30,000 × 30,000 joined rows: minutes in a debug build.
+    let started = std::time::Instant::now();
+    let output = run(&[
+        "query",
+        "--timeout",
+        "1",
+        "SELECT count(*) FROM events a CROSS JOIN events b WHERE a.uuid < b.uuid",
+    ]);
+    assert_clean_failure(&output, &["still running after 1 s", "--timeout"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    // A query within its limit answers as usual.
+    let output = run(&[
+        "query",
+        "--timeout",
+        "60",
+        "--format",
+        "csv",
+        "SELECT count(*) FROM sessions",
+    ]);
+    assert_eq!(stdout(&output), "count(*)\n4937\n", "{}", stderr(&output));
+}
+
 /// Writes one batch of `columns` as a Parquet file.
 fn write_parquet(path: &Path, columns: Vec<(&str, ArrayRef, bool)>) {
     let batch = RecordBatch::try_from_iter_with_nullable(columns).unwrap();
