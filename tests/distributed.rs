@@ -13,6 +13,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -234,6 +235,75 @@ fn a_cluster_gives_the_local_engines_rows() {
         stderr(&failing_function)
     );
     assert_same_rows(&cluster, &[], "SELECT count(*) FROM sessions");
+
+    shell_and_servers_on_the_cluster(&cluster, &channels);
+}
+
+/// `shell --cluster` and `serve --cluster` (here its Postgres door, queried
+/// with psql) answer from the cluster as `query` does.
+fn shell_and_servers_on_the_cluster(cluster: &Cluster, channels_csv: &str) {
+    let home = tempfile::tempdir().unwrap();
+    let mut shell = sessionql()
+        .args(["shell", "--format", "csv", "--cluster", &cluster.url])
+        .env("HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    shell
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT channel_type, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 2 DESC, 1;\n\\q\n")
+        .unwrap();
+    let shell = shell.wait_with_output().unwrap();
+    assert!(shell.status.success(), "{}", stderr(&shell));
+    assert!(stdout(&shell).contains(channels_csv), "{}", stdout(&shell));
+
+    let mut server = sessionql()
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--pg-port",
+            "0",
+            "--no-flight-sql",
+            "--cluster",
+            &cluster.url,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let port = support::announced_address(&support::announcement(&mut server))
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    support::ensure_debian_package(&["psql", "--version"], &["postgresql-client"]);
+    let psql = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "sessionql",
+        ])
+        .args(["-X", "--no-password", "--csv", "-c"])
+        .arg(
+            "SELECT channel_type, count(*) AS sessions FROM sessions GROUP BY 1 ORDER BY 2 DESC, 1",
+        )
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(psql.status.success(), "{}", stderr(&psql));
+    assert_eq!(stdout(&psql), channels_csv);
 }
 
 #[test]
