@@ -189,6 +189,73 @@ mod tests {
         );
     }
 
+    /// The stages the scheduler cuts a sessions query into, as text.
+    async fn query_stages(sql: &str) -> Vec<String> {
+        use ballista_scheduler::planner::{DefaultDistributedPlanner, DistributedPlanner};
+        use datafusion::physical_plan::displayable;
+
+        let context = SessionContext::new_with_state(
+            node_session_state(node_config().with_target_partitions(2)).expect("node state"),
+        );
+        let (events, _) =
+            crate::events_table::events_table(&crate::engine::sample_events_path(), 2)
+                .expect("the shipped sample");
+        context.register_table("events", events).expect("register");
+        crate::session_views::register_session_views(&context)
+            .await
+            .expect("views");
+        let plan = context
+            .sql(sql)
+            .await
+            .expect("plans")
+            .create_physical_plan()
+            .await
+            .expect("physical plan");
+        let state = context.state();
+        DefaultDistributedPlanner::new()
+            .plan_query_stages(&"job".into(), plan, state.config().options())
+            .expect("stages")
+            .iter()
+            .map(|stage| displayable(stage.as_ref()).indent(false).to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sessionization_reads_a_shuffle_by_distinct_id() {
+        for sql in [
+            "SELECT count(*) FROM sessions",
+            "SELECT * FROM sessions WHERE distinct_id = 'user-000001'",
+        ] {
+            let stages = query_stages(sql).await;
+            println!("{sql}:\n{}", stages.join("\n"));
+            let window_stage = stages
+                .iter()
+                .find(|stage| stage.contains("session_start"))
+                .expect("a stage runs session_start");
+            // The window's stage reads a shuffle hashed on distinct_id, so
+            // each task holds every event of its users, sorted per user…
+            let reads = window_stage
+                .lines()
+                .find(|line| line.contains("UnresolvedShuffleExec"))
+                .unwrap_or_default();
+            assert!(
+                reads.contains("partitioning: Hash([distinct_id@"),
+                "{window_stage}"
+            );
+            assert!(
+                window_stage.contains("SortExec: expr=[distinct_id@"),
+                "{window_stage}"
+            );
+            // …that an earlier stage wrote, reading the events themselves.
+            assert!(
+                stages.iter().any(|stage| stage
+                    .starts_with("SortShuffleWriterExec: partitioning=Hash([distinct_id@")
+                    && stage.contains("DataSourceExec")),
+                "{stages:#?}"
+            );
+        }
+    }
+
     #[test]
     fn bad_cluster_urls_name_the_expected_form() {
         for bad in ["localhost:50050", "http://host:1", "df://", "df://h:1/x"] {
