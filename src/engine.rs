@@ -22,6 +22,7 @@ use sessionql_udfs::SessionqlConfig;
 use crate::channel_files::ChannelFiles;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
+use crate::session_time_filter::SessionTimeFilter;
 use crate::session_views::register_session_views;
 
 /// The sample data shipped in the repository, used when no events path is given.
@@ -393,6 +394,7 @@ pub fn session_context(
             .with_default_features(),
     )?
     .build();
+    state.add_analyzer_rule(Arc::new(SessionTimeFilter));
     sessionql_udfs::register_all_with_channel_source(
         &mut state,
         Some(Arc::new(ChannelFiles::default())),

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod listen;
 pub mod output;
 pub mod postgres;
+pub mod session_time_filter;
 pub mod session_views;
 pub mod shell;
 

@@ -163,7 +163,7 @@ impl sqllogictest::AsyncDB for ClusterDb {
     async fn shutdown(&mut self) {}
 
     fn engine_name(&self) -> &str {
-        "sessionql"
+        "sessionql-cluster"
     }
 
     async fn sleep(duration: Duration) {

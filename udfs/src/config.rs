@@ -38,6 +38,9 @@ pub struct SessionqlConfig {
     /// Path of a JSON list of custom channel rules tried before the
     /// built-in rules; empty for none.
     pub channel_rules: String,
+    /// Whether time filters on `sessions.start_timestamp` also filter the
+    /// events read, widened by the longest session and the idle timeout.
+    pub session_time_filter_pushdown: bool,
 }
 
 impl Default for SessionqlConfig {
@@ -48,6 +51,7 @@ impl Default for SessionqlConfig {
             bounce_duration_seconds: DEFAULT_BOUNCE_DURATION_SECONDS,
             channel_definitions: String::new(),
             channel_rules: String::new(),
+            session_time_filter_pushdown: true,
         }
     }
 }
@@ -88,6 +92,13 @@ impl ExtensionOptions for SessionqlConfig {
             "bounce_duration_seconds" => self.bounce_duration_seconds = seconds()?,
             "channel_definitions" => self.channel_definitions = value.to_string(),
             "channel_rules" => self.channel_rules = value.to_string(),
+            "session_time_filter_pushdown" => {
+                self.session_time_filter_pushdown = value.trim().parse::<bool>().map_err(|_| {
+                    DataFusionError::Configuration(format!(
+                        "sessionql.{key} must be true or false, got '{value}'"
+                    ))
+                })?;
+            }
             _ => {
                 return Err(DataFusionError::Configuration(format!(
                     "unknown setting sessionql.{key}; known: {}",
@@ -112,6 +123,7 @@ impl ExtensionOptions for SessionqlConfig {
                     "session_max_duration_seconds" => self.session_max_duration_seconds.to_string(),
                     "bounce_duration_seconds" => self.bounce_duration_seconds.to_string(),
                     "channel_definitions" => self.channel_definitions.clone(),
+                    "session_time_filter_pushdown" => self.session_time_filter_pushdown.to_string(),
                     _ => self.channel_rules.clone(),
                 }),
                 description,
@@ -121,7 +133,7 @@ impl ExtensionOptions for SessionqlConfig {
 }
 
 /// Every setting with its description, in the order `SHOW ALL` lists them.
-const SETTINGS: [(&str, &str); 5] = [
+const SETTINGS: [(&str, &str); 6] = [
     (
         "session_idle_timeout_seconds",
         "Idle gap, in seconds, after which a derived session ends.",
@@ -141,6 +153,10 @@ const SETTINGS: [(&str, &str); 5] = [
     (
         "channel_rules",
         "Path of a JSON list of custom channel rules tried before the built-in rules; empty for none.",
+    ),
+    (
+        "session_time_filter_pushdown",
+        "Whether filters on sessions.start_timestamp also filter the events read, widened by the longest session and the idle timeout.",
     ),
 ];
 
@@ -170,6 +186,7 @@ mod tests {
             bounce_duration_seconds: 60,
             channel_definitions: "defs.json".into(),
             channel_rules: "rules.json".into(),
+            session_time_filter_pushdown: false,
         };
         let mut options = ConfigOptions::new();
         options.extensions.insert(settings.clone());
@@ -184,7 +201,7 @@ mod tests {
                 sent += 1;
             }
         }
-        assert_eq!(sent, 5);
+        assert_eq!(sent, 6);
         assert_eq!(SessionqlConfig::from_options(&received), settings);
     }
 
