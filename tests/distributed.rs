@@ -79,8 +79,12 @@ fn start_cluster_with_env(executors: usize, env: &[(String, String)]) -> Cluster
         .map(|index| {
             let mut executor = sessionql();
             executor.envs(env.iter().cloned());
+            // The work directory inside the test's temporary directory: a
+            // killed executor cannot remove its own.
+            let work_dir = logs.path().join(format!("executor-{index}-work"));
+            std::fs::create_dir(&work_dir).unwrap();
+            executor.arg("executor").arg("--work-dir").arg(&work_dir);
             executor.args([
-                "executor",
                 "--scheduler",
                 &scheduler_address,
                 "--concurrency",
