@@ -3,6 +3,7 @@
 //! functions, and the `sessionql.*` settings. The CLI and every server build
 //! their sessions here and nowhere else.
 
+use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use datafusion::catalog::{
     MemorySchemaProvider, SchemaProvider, TableProvider,
 };
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryLimit, MemoryPool, TrackConsumersPool,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
@@ -114,7 +119,11 @@ pub async fn run_statements(
             .is_some_and(|start| start.eq_ignore_ascii_case("SET "));
         let settings_before =
             (is_set && text.contains("sessionql.channel_")).then(|| current_settings(context));
+        let sets_memory_limit = is_set && text.contains(MEMORY_LIMIT_SETTING);
         let mut result = run_statement(context, statement).await;
+        if sets_memory_limit && result.is_ok() {
+            share_memory_limit_fairly(context)?;
+        }
         if let Some(before) = settings_before
             && result.is_ok()
             && let Err(error) = check_channel_files(context).await
@@ -132,6 +141,40 @@ pub async fn run_statements(
         })?);
     }
     last.ok_or_else(|| SessionqlError::Invalid("no SQL statement given".into()))
+}
+
+/// DataFusion's setting for a session's memory pool size.
+const MEMORY_LIMIT_SETTING: &str = "datafusion.runtime.memory_limit";
+
+/// A memory pool of `limit` bytes that gives each spilling operator a fair
+/// share rather than first come, first served (DataFusion's pool for
+/// `SET datafusion.runtime.memory_limit`). Under the greedy pool, one
+/// partition's aggregation of a sessions query took 3 GB of a 4 GB limit and
+/// the other partition's failed with nothing of its own to spill; with fair
+/// shares each spills and the query completes (50M events, README).
+pub fn fair_memory_pool(limit: usize) -> Arc<dyn MemoryPool> {
+    Arc::new(TrackConsumersPool::new(
+        FairSpillPool::new(limit),
+        NonZeroUsize::new(5).unwrap_or(NonZeroUsize::MIN),
+    ))
+}
+
+/// After `SET datafusion.runtime.memory_limit`, replaces the greedy pool
+/// DataFusion made with a [`fair_memory_pool`] of the same size.
+fn share_memory_limit_fairly(context: &SessionContext) -> Result<()> {
+    let state = context.state_ref();
+    let mut state = state.write();
+    let runtime = state.runtime_env();
+    let MemoryLimit::Finite(limit) = runtime.memory_pool.memory_limit() else {
+        return Ok(());
+    };
+    let runtime = RuntimeEnvBuilder::from_runtime_env(runtime)
+        .with_memory_pool(fair_memory_pool(limit))
+        .build_arc()?;
+    *state = SessionStateBuilder::new_from_existing(state.clone())
+        .with_runtime_env(runtime)
+        .build();
+    Ok(())
 }
 
 fn current_settings(context: &SessionContext) -> SessionqlConfig {
@@ -407,7 +450,7 @@ pub fn session_context(
 /// session too (the same stores the cluster's nodes use).
 #[cfg(feature = "distributed")]
 fn with_object_stores(builder: SessionStateBuilder) -> Result<SessionStateBuilder> {
-    let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+    let runtime = RuntimeEnvBuilder::new()
         .with_object_store_registry(Arc::new(
             crate::distributed::object_stores::SessionqlObjectStores::default(),
         ))

@@ -342,3 +342,37 @@ async fn a_channel_file_that_cannot_be_read_is_not_set() {
         .unwrap();
     assert_eq!(channel.value(0), "Direct");
 }
+
+#[tokio::test]
+async fn a_memory_limit_is_shared_fairly_and_queries_spill_within_it() {
+    use datafusion::execution::memory_pool::MemoryLimit;
+
+    let engine = Engine::builder().build().await.unwrap();
+    engine
+        .run_statements("SET datafusion.runtime.memory_limit = '24M'")
+        .await
+        .unwrap();
+    let pool = Arc::clone(&engine.context().runtime_env().memory_pool);
+    assert!(matches!(
+        pool.memory_limit(),
+        MemoryLimit::Finite(bytes) if bytes == 24 * 1024 * 1024
+    ));
+    // DataFusion's own pool for this setting is greedy; sessionql's gives
+    // each spilling operator its share.
+    assert!(format!("{pool:?}").contains("FairSpillPool"), "{pool:?}");
+    // The functions and views survive the change of runtime, and every
+    // session of the sample is still found within the limit.
+    let (_, batches) = engine
+        .run_statements(
+            "SELECT count(*) FROM (SELECT * FROM sessions ORDER BY entry_current_url, session_id)",
+        )
+        .await
+        .unwrap();
+    let counted = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    assert_eq!(counted, 4_937);
+}

@@ -204,7 +204,7 @@ impl SessionqlFlightService {
         };
         let state = context.state();
         let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-            .with_memory_limit(limit, 1.0)
+            .with_memory_pool(crate::engine::fair_memory_pool(limit))
             .build_arc()
             .map_err(status)?;
         let state = SessionStateBuilder::new_from_existing(state)
