@@ -144,7 +144,7 @@ pub async fn run_statements(
 }
 
 /// DataFusion's setting for a session's memory pool size.
-const MEMORY_LIMIT_SETTING: &str = "datafusion.runtime.memory_limit";
+pub const MEMORY_LIMIT_SETTING: &str = "datafusion.runtime.memory_limit";
 
 /// A memory pool of `limit` bytes that gives each spilling operator a fair
 /// share rather than first come, first served (DataFusion's pool for
@@ -160,8 +160,9 @@ pub fn fair_memory_pool(limit: usize) -> Arc<dyn MemoryPool> {
 }
 
 /// After `SET datafusion.runtime.memory_limit`, replaces the greedy pool
-/// DataFusion made with a [`fair_memory_pool`] of the same size.
-fn share_memory_limit_fairly(context: &SessionContext) -> Result<()> {
+/// DataFusion made with a [`fair_memory_pool`] of the same size (also for
+/// servers that run a client's SET themselves).
+pub fn share_memory_limit_fairly(context: &SessionContext) -> Result<()> {
     let state = context.state_ref();
     let mut state = state.write();
     let runtime = state.runtime_env();

@@ -485,11 +485,36 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
     };
     let error = outcome.unwrap_err();
     assert!(error.contains("Resources exhausted"), "{error}");
+    // The pool shares the limit among spilling operators (DataFusion's
+    // default for a limit is first come, first served: "greedy").
+    assert!(error.contains("fair(pool_size: 32.0 MB)"), "{error}");
     // The server, and this client, go on.
     assert_eq!(
         query_i64(&mut client, "SELECT count(*) FROM sessions").await,
         vec![3]
     );
+
+    // On a server without a per-query limit, a client's own limit, set
+    // with SET, is shared fairly too.
+    let unlimited = start_server();
+    let mut other = self::client(&unlimited).await;
+    let info = other
+        .execute("SET datafusion.runtime.memory_limit = '16M'".into(), None)
+        .await
+        .unwrap();
+    fetch(&mut other, info).await;
+    let info = other.execute(heavy.into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let error = match other.do_get(ticket).await {
+        Ok(stream) => stream
+            .try_collect::<Vec<_>>()
+            .await
+            .map(|_| ())
+            .map_err(|error| error.to_string()),
+        Err(error) => Err(error.to_string()),
+    }
+    .unwrap_err();
+    assert!(error.contains("fair(pool_size: 16.0 MB)"), "{error}");
 }
 
 /// A Python virtualenv with the ADBC Flight SQL driver and pyarrow.

@@ -251,6 +251,31 @@ fn settings_apply_to_the_connection_and_bad_values_are_errors() {
         &["-A", "-t", "-c", "SELECT count(*) FROM sessions"],
     );
     assert_eq!(text(&other.stdout).trim(), "3");
+
+    // A connection's memory limit is shared fairly among spilling operators
+    // (DataFusion's own pool for this setting is first come, first served).
+    let limited = psql(
+        &server,
+        "postgres",
+        None,
+        &[
+            "-A",
+            "-t",
+            "-c",
+            "SET datafusion.runtime.memory_limit = '16M'",
+            "-c",
+            "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)",
+            "-c",
+            "SELECT count(*) FROM sessions",
+        ],
+    );
+    let errors = text(&limited.stderr);
+    assert!(errors.contains("fair(pool_size: 16.0 MB)"), "{errors}");
+    assert!(
+        text(&limited.stdout).ends_with("3\n"),
+        "{}",
+        text(&limited.stdout)
+    );
 }
 
 #[test]

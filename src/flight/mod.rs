@@ -275,6 +275,10 @@ impl SessionqlFlightService {
             self.with_query_memory_limit(context)?
         };
         let frame: DataFrame = context.execute_logical_plan(plan).await.map_err(status)?;
+        if changes_session && handle.sql.contains(crate::engine::MEMORY_LIMIT_SETTING) {
+            crate::engine::share_memory_limit_fairly(&context)
+                .map_err(|error| Status::internal(error.to_string()))?;
+        }
         let schema: SchemaRef = Arc::clone(frame.schema().inner());
         let batches = frame.execute_stream().await.map_err(status)?;
         let log = Arc::new(QueryLog {
