@@ -141,20 +141,38 @@ fn start_timestamp_bounds(filter: &Filter) -> Vec<Bound> {
     bounds
 }
 
-/// A column, possibly under casts that type coercion added.
+/// A column, possibly under casts to another timestamp type that type
+/// coercion added. Casts that lose more than a second, such as to a date,
+/// are refused: `CAST(start_timestamp AS DATE) <= D` keeps sessions starting
+/// up to a day after `D`, beyond the margin.
 fn plain_column(expr: &Expr) -> Option<Column> {
     match expr {
         Expr::Column(column) => Some(column.clone()),
-        Expr::Cast(Cast { expr, .. })
-        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, .. }) => plain_column(expr),
+        Expr::Cast(Cast { expr, field })
+        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field })
+            if matches!(field.data_type(), DataType::Timestamp(..)) =>
+        {
+            plain_column(expr)
+        }
         _ => None,
     }
 }
 
-/// An expression without columns (a literal, `now() - INTERVAL …`), the same
-/// for every row.
+/// An expression without columns or subqueries (a literal, `now() - INTERVAL
+/// …`, a parameter), the same for every row.
 fn is_constant(expr: &Expr) -> bool {
-    expr.column_refs().is_empty() && !expr.is_volatile()
+    let has_subquery = expr
+        .exists(|node| {
+            Ok(matches!(
+                node,
+                Expr::ScalarSubquery(_)
+                    | Expr::Exists(_)
+                    | Expr::InSubquery(_)
+                    | Expr::OuterReferenceColumn(..)
+            ))
+        })
+        .unwrap_or(true);
+    expr.column_refs().is_empty() && !expr.is_volatile() && !has_subquery
 }
 
 /// Whether `column` of `plan` is, through aliases and projections, the
