@@ -10,7 +10,9 @@
 //! - `start_timestamp >= X` (or `>`, `=`, `BETWEEN X AND …`) keeps events with
 //!   `timestamp >= X - W`;
 //! - `start_timestamp <= Y` (or `<`, `=`, `BETWEEN … AND Y`) keeps events with
-//!   `timestamp <= Y + W`.
+//!   `timestamp <= Y + W`;
+//! - the same with `start_timestamp` cast to a date or a coarser timestamp, or
+//!   under `date_trunc(unit, …)`, widened further by one such unit.
 //!
 //! The filter on `start_timestamp` itself stays where the user wrote it, so
 //! sessions are kept or dropped by their real start. Widening keeps every
@@ -50,13 +52,23 @@ const SESSION_EVENTS: &str = "session_events";
 #[derive(Debug, Default)]
 pub struct SessionTimeFilter;
 
+/// Which side of the range a filter on `start_timestamp` bounds.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    /// Sessions starting at or after the value.
+    From,
+    /// Sessions starting at or before the value.
+    Until,
+}
+
 /// One side of the range a filter on `start_timestamp` allows.
 #[derive(Debug, Clone)]
-enum Bound {
-    /// Sessions starting at or after this time.
-    From(Expr),
-    /// Sessions starting at or before this time.
-    Until(Expr),
+struct Bound {
+    side: Side,
+    value: Expr,
+    /// How far, in seconds, the start may lie from what the filter compared:
+    /// `CAST(start_timestamp AS DATE)` is up to a day below the start.
+    slack_seconds: u64,
 }
 
 impl AnalyzerRule for SessionTimeFilter {
@@ -97,11 +109,15 @@ impl AnalyzerRule for SessionTimeFilter {
 fn start_timestamp_bounds(filter: &Filter) -> Vec<Bound> {
     let mut bounds = Vec::new();
     for conjunct in split_conjunction(&filter.predicate) {
-        let mut push = |column: &Expr, bound: Bound| {
-            if let Some(column) = plain_column(column)
+        let mut push = |compared: &Expr, side: Side, value: &Expr| {
+            if let Some((column, slack_seconds)) = rounded_column(compared)
                 && is_session_start(&filter.input, &column)
             {
-                bounds.push(bound);
+                bounds.push(Bound {
+                    side,
+                    value: value.clone(),
+                    slack_seconds,
+                });
             }
         };
         match conjunct {
@@ -117,11 +133,11 @@ fn start_timestamp_bounds(filter: &Filter) -> Vec<Bound> {
                     continue;
                 };
                 match op {
-                    Operator::GtEq | Operator::Gt => push(column, Bound::From(value.clone())),
-                    Operator::LtEq | Operator::Lt => push(column, Bound::Until(value.clone())),
+                    Operator::GtEq | Operator::Gt => push(column, Side::From, value),
+                    Operator::LtEq | Operator::Lt => push(column, Side::Until, value),
                     Operator::Eq => {
-                        push(column, Bound::From(value.clone()));
-                        push(column, Bound::Until(value.clone()));
+                        push(column, Side::From, value);
+                        push(column, Side::Until, value);
                     }
                     _ => {}
                 }
@@ -132,8 +148,8 @@ fn start_timestamp_bounds(filter: &Filter) -> Vec<Bound> {
                 low,
                 high,
             }) if is_constant(low) && is_constant(high) => {
-                push(expr, Bound::From(low.as_ref().clone()));
-                push(expr, Bound::Until(high.as_ref().clone()));
+                push(expr, Side::From, low);
+                push(expr, Side::Until, high);
             }
             _ => {}
         }
@@ -141,21 +157,50 @@ fn start_timestamp_bounds(filter: &Filter) -> Vec<Bound> {
     bounds
 }
 
-/// A column, possibly under casts to another timestamp type that type
-/// coercion added. Casts that lose more than a second, such as to a date,
-/// are refused: `CAST(start_timestamp AS DATE) <= D` keeps sessions starting
-/// up to a day after `D`, beyond the margin.
-fn plain_column(expr: &Expr) -> Option<Column> {
-    match expr {
-        Expr::Column(column) => Some(column.clone()),
+/// A column, possibly under functions that round it to a coarser unit (casts
+/// that type coercion or the user added, `date_trunc`), with how far in
+/// seconds the rounded value can lie from the column's: the bound on the
+/// events is widened by that much more. Other functions are refused.
+fn rounded_column(expr: &Expr) -> Option<(Column, u64)> {
+    let (inner, unit_seconds) = match expr {
+        Expr::Column(column) => return Some((column.clone(), 0)),
         Expr::Cast(Cast { expr, field })
-        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field })
-            if matches!(field.data_type(), DataType::Timestamp(..)) =>
-        {
-            plain_column(expr)
+        | Expr::TryCast(datafusion::logical_expr::TryCast { expr, field }) => {
+            let unit_seconds = match field.data_type() {
+                DataType::Timestamp(..) => 1,
+                DataType::Date32 | DataType::Date64 => SECONDS_PER_DAY,
+                _ => return None,
+            };
+            (expr.as_ref(), unit_seconds)
         }
-        _ => None,
-    }
+        Expr::ScalarFunction(call) if call.name() == "date_trunc" => {
+            let [Expr::Literal(ScalarValue::Utf8(Some(unit)), _), inner] = call.args.as_slice()
+            else {
+                return None;
+            };
+            (inner, date_trunc_unit_seconds(unit)?)
+        }
+        _ => return None,
+    };
+    let (column, inner_seconds) = rounded_column(inner)?;
+    Some((column, inner_seconds.saturating_add(unit_seconds)))
+}
+
+const SECONDS_PER_DAY: u64 = 86_400;
+
+/// The longest span of one `date_trunc` unit, in seconds.
+fn date_trunc_unit_seconds(unit: &str) -> Option<u64> {
+    Some(match unit.to_ascii_lowercase().as_str() {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3_600,
+        "day" => SECONDS_PER_DAY,
+        "week" => 7 * SECONDS_PER_DAY,
+        "month" => 31 * SECONDS_PER_DAY,
+        "quarter" => 92 * SECONDS_PER_DAY,
+        "year" => 366 * SECONDS_PER_DAY,
+        _ => return None,
+    })
 }
 
 /// An expression without columns or subqueries (a literal, `now() - INTERVAL
@@ -368,32 +413,35 @@ fn is_session_start_call(expr: &Expr) -> bool {
     }
 }
 
-/// `timestamp >= from - W AND timestamp <= until + W` for the given bounds.
+/// `timestamp >= from - W AND timestamp <= until + W` for the given bounds,
+/// each widened further by its slack.
 fn scan_predicate(
     timestamp: &Expr,
     timestamp_type: &DataType,
     bounds: &[Bound],
     margin_seconds: u64,
 ) -> Expr {
-    let margin = lit(ScalarValue::IntervalMonthDayNano(Some(
-        IntervalMonthDayNano {
-            months: 0,
-            days: 0,
-            nanoseconds: i64::try_from(margin_seconds)
-                .unwrap_or(i64::MAX / 1_000_000_000)
-                .saturating_mul(1_000_000_000),
-        },
-    )));
+    let interval = |seconds: u64| {
+        lit(ScalarValue::IntervalMonthDayNano(Some(
+            IntervalMonthDayNano {
+                months: 0,
+                days: 0,
+                nanoseconds: i64::try_from(seconds)
+                    .unwrap_or(i64::MAX / 1_000_000_000)
+                    .saturating_mul(1_000_000_000),
+            },
+        )))
+    };
     let as_timestamp = |value: Expr| Expr::Cast(Cast::new(Box::new(value), timestamp_type.clone()));
     bounds
         .iter()
-        .map(|bound| match bound {
-            Bound::From(value) => timestamp
-                .clone()
-                .gt_eq(as_timestamp(value.clone()) - margin.clone()),
-            Bound::Until(value) => timestamp
-                .clone()
-                .lt_eq(as_timestamp(value.clone()) + margin.clone()),
+        .map(|bound| {
+            let widening = interval(margin_seconds.saturating_add(bound.slack_seconds));
+            let value = as_timestamp(bound.value.clone());
+            match bound.side {
+                Side::From => timestamp.clone().gt_eq(value - widening),
+                Side::Until => timestamp.clone().lt_eq(value + widening),
+            }
         })
         .reduce(and)
         .unwrap_or_else(|| lit(true))
