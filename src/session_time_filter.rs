@@ -20,10 +20,8 @@
 //! on, in all but two cases, both far outside normal traffic: a user active
 //! with no idle gap for longer than `W` right up to `X` (the 24-hour splits of
 //! that run are then counted from the first kept event), and a session whose
-//! SDK-given id spans a gap longer than `W` around `X`. Widen `W` for such data
-//! with `SET sessionql.session_max_duration_seconds`, which also sets the
-//! 24-hour cap, or turn the rule off with `SET
-//! sessionql.session_time_filter_pushdown = false`.
+//! SDK-given id spans a gap longer than `W` around `X`. For such data, `SET
+//! sessionql.session_time_filter_pushdown = false` turns the rule off.
 //!
 //! It is an analyzer rule, run once per query on the session that plans it
 //! (the client, on a cluster), after the views are inlined and types coerced
