@@ -347,7 +347,13 @@ async fn a_channel_file_that_cannot_be_read_is_not_set() {
 async fn a_memory_limit_is_shared_fairly_and_queries_spill_within_it() {
     use datafusion::execution::memory_pool::MemoryLimit;
 
-    let engine = Engine::builder().build().await.unwrap();
+    // Two partitions, as on the 2-core CI machine: the shares do not depend
+    // on the machine's cores.
+    let engine = Engine::builder()
+        .target_partitions(2)
+        .build()
+        .await
+        .unwrap();
     engine
         .run_statements("SET datafusion.runtime.memory_limit = '24M'")
         .await
