@@ -119,7 +119,7 @@ pub async fn run_statements(
             .is_some_and(|start| start.eq_ignore_ascii_case("SET "));
         let settings_before =
             (is_set && text.contains("sessionql.channel_")).then(|| current_settings(context));
-        let sets_memory_limit = is_set && text.contains(MEMORY_LIMIT_SETTING);
+        let sets_memory_limit = is_set && sets_memory_limit(&text);
         let mut result = run_statement(context, statement).await;
         if sets_memory_limit && result.is_ok() {
             share_memory_limit_fairly(context)?;
@@ -145,6 +145,11 @@ pub async fn run_statements(
 
 /// DataFusion's setting for a session's memory pool size.
 pub const MEMORY_LIMIT_SETTING: &str = "datafusion.runtime.memory_limit";
+
+/// Whether a statement's text names [`MEMORY_LIMIT_SETTING`] (in any case).
+pub fn sets_memory_limit(sql: &str) -> bool {
+    sql.to_ascii_lowercase().contains(MEMORY_LIMIT_SETTING)
+}
 
 /// A memory pool of `limit` bytes that gives each spilling operator a fair
 /// share rather than first come, first served (DataFusion's pool for

@@ -262,7 +262,7 @@ fn settings_apply_to_the_connection_and_bad_values_are_errors() {
             "-A",
             "-t",
             "-c",
-            "SET datafusion.runtime.memory_limit = '16M'",
+            "SET DataFusion.Runtime.Memory_Limit = '16M'",
             "-c",
             "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)",
             "-c",

@@ -275,7 +275,7 @@ impl SessionqlFlightService {
             self.with_query_memory_limit(context)?
         };
         let frame: DataFrame = context.execute_logical_plan(plan).await.map_err(status)?;
-        if changes_session && handle.sql.contains(crate::engine::MEMORY_LIMIT_SETTING) {
+        if changes_session && crate::engine::sets_memory_limit(&handle.sql) {
             crate::engine::share_memory_limit_fairly(&context)
                 .map_err(|error| Status::internal(error.to_string()))?;
         }
