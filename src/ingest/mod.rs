@@ -396,7 +396,13 @@ fn parse_chunk(chunk: &LineChunk, received_at_us: Option<i64>) -> ParsedChunk {
     let mut rejected = Vec::new();
     let mut lines = 0;
     let body = chunk.bytes.strip_suffix(b"\n").unwrap_or(&chunk.bytes);
-    for (index, bytes) in body.split(|byte| *byte == b'\n').enumerate() {
+    // memchr finds line ends a vector at a time; a byte-by-byte split was a
+    // measurable share of a parsing thread's time.
+    let line_ends = memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len()));
+    let mut line_start = 0;
+    for (index, line_end) in line_ends.enumerate() {
+        let bytes = &body[line_start..line_end];
+        line_start = line_end + 1;
         let line = chunk.first_line + index as u64;
         let trimmed = bytes.trim_ascii();
         if trimmed.is_empty() {
