@@ -38,24 +38,6 @@ impl Drop for Cluster {
     }
 }
 
-/// Starts a process whose first stdout line announces its address, and
-/// returns it with that address.
-fn start_announcing(mut command: Command, log: std::path::PathBuf) -> (Child, String) {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let line = support::announcement(&mut child);
-    let address = support::announced_address(&line);
-    assert!(
-        address.starts_with("127.0.0.1:"),
-        "no address announced: {line:?}; log: {}",
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    (child, address)
-}
-
 fn start_cluster(executors: usize) -> Cluster {
     start_cluster_with_env(executors, &[])
 }
@@ -74,7 +56,7 @@ fn start_cluster_with_env(executors: usize, env: &[(String, String)]) -> Cluster
         "6",
     ]);
     let (scheduler, scheduler_address) =
-        start_announcing(scheduler, logs.path().join("scheduler.log"));
+        support::start_announcing(scheduler, &logs.path().join("scheduler.log"));
     let executors = (0..executors)
         .map(|index| {
             let mut executor = sessionql();
@@ -92,7 +74,8 @@ fn start_cluster_with_env(executors: usize, env: &[(String, String)]) -> Cluster
                 "--heartbeat",
                 "1",
             ]);
-            start_announcing(executor, logs.path().join(format!("executor-{index}.log"))).0
+            support::start_announcing(executor, &logs.path().join(format!("executor-{index}.log")))
+                .0
         })
         .collect();
     Cluster {
@@ -265,26 +248,20 @@ fn shell_and_servers_on_the_cluster(cluster: &Cluster, channels_csv: &str) {
     assert!(shell.status.success(), "{}", stderr(&shell));
     assert!(stdout(&shell).contains(channels_csv), "{}", stdout(&shell));
 
-    let mut server = sessionql()
-        .args([
-            "serve",
-            "--port",
-            "0",
-            "--pg-port",
-            "0",
-            "--no-flight-sql",
-            "--cluster",
-            &cluster.url,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let port = support::announced_address(&support::announcement(&mut server))
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_string();
+    let mut serve = sessionql();
+    serve.args([
+        "serve",
+        "--port",
+        "0",
+        "--pg-port",
+        "0",
+        "--no-flight-sql",
+        "--cluster",
+        &cluster.url,
+    ]);
+    let (mut server, address) =
+        support::start_announcing(serve, &cluster.logs.path().join("serve.log"));
+    let port = address.rsplit(':').next().unwrap().to_string();
     support::ensure_debian_package(&["psql", "--version"], &["postgresql-client"]);
     let psql = Command::new("psql")
         .args([

@@ -62,16 +62,11 @@ fn start_server_with(extra_args: &[&str]) -> Server {
         })
         .collect();
     let log = directory.path().join("server.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sessionql"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sessionql"));
+    command
         .args(["serve", "--port", "0", "--events", events.to_str().unwrap()])
-        .args(&extra_args)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let line = support::announcement(&mut child);
-    let address = support::announced_address(&line);
-    assert!(address.starts_with("127.0.0.1:"), "{line}");
+        .args(&extra_args);
+    let (child, address) = support::start_announcing(command, &log);
     Server {
         child,
         address,
@@ -467,13 +462,9 @@ async fn jdbc_driver_call_sequence() {
     statement.close().await.unwrap();
 }
 
-#[tokio::test]
-async fn a_query_over_its_memory_limit_fails_cleanly() {
-    let server = start_server_with(&["--query-memory-limit-mb", "32"]);
-    let mut client = client(&server).await;
-    // 10 million values in one list (80 MB) cannot spill to disk.
-    let heavy = "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)";
-    let info = client.execute(heavy.into(), None).await.unwrap();
+/// The error of a statement that plans but fails while its rows are fetched.
+async fn execution_error(client: &mut FlightSqlServiceClient<Channel>, sql: &str) -> String {
+    let info = client.execute(sql.to_string(), None).await.unwrap();
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let outcome = match client.do_get(ticket).await {
         Ok(stream) => stream
@@ -483,7 +474,16 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
             .map_err(|error| error.to_string()),
         Err(error) => Err(error.to_string()),
     };
-    let error = outcome.unwrap_err();
+    outcome.expect_err("the statement fails")
+}
+
+#[tokio::test]
+async fn a_query_over_its_memory_limit_fails_cleanly() {
+    let server = start_server_with(&["--query-memory-limit-mb", "32"]);
+    let mut client = client(&server).await;
+    // 10 million values in one list (80 MB) cannot spill to disk.
+    let heavy = "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)";
+    let error = execution_error(&mut client, heavy).await;
     assert!(error.contains("Resources exhausted"), "{error}");
     // The pool shares the limit among spilling operators (DataFusion's
     // default for a limit is first come, first served: "greedy").
@@ -503,17 +503,7 @@ async fn a_query_over_its_memory_limit_fails_cleanly() {
         .await
         .unwrap();
     fetch(&mut other, info).await;
-    let info = other.execute(heavy.into(), None).await.unwrap();
-    let ticket = info.endpoint[0].ticket.clone().unwrap();
-    let error = match other.do_get(ticket).await {
-        Ok(stream) => stream
-            .try_collect::<Vec<_>>()
-            .await
-            .map(|_| ())
-            .map_err(|error| error.to_string()),
-        Err(error) => Err(error.to_string()),
-    }
-    .unwrap_err();
+    let error = execution_error(&mut other, heavy).await;
     assert!(error.contains("fair(pool_size: 16.0 MB)"), "{error}");
 }
 

@@ -30,6 +30,24 @@ pub fn announced_address(line: &str) -> String {
     line.rsplit(' ').next().unwrap_or_default().to_string()
 }
 
+/// Starts a server process whose first stdout line announces its address
+/// (stderr to `log`); returns it with that address, which must be on loopback.
+pub fn start_announcing(mut command: Command, log: &std::path::Path) -> (Child, String) {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).expect("create the log file"))
+        .spawn()
+        .expect("the server starts");
+    let line = announcement(&mut child);
+    let address = announced_address(&line);
+    assert!(
+        address.starts_with("127.0.0.1:"),
+        "no address announced: {line:?}; log: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    (child, address)
+}
+
 /// Runs the binary with `args` and waits for it.
 pub fn run(args: &[&str]) -> Output {
     sessionql().args(args).output().expect("the binary runs")
