@@ -368,17 +368,10 @@ async fn a_memory_limit_is_shared_fairly_and_queries_spill_within_it() {
     assert!(format!("{pool:?}").contains("FairSpillPool"), "{pool:?}");
     // The functions and views survive the change of runtime, and every
     // session of the sample is still found within the limit.
-    let (_, batches) = engine
-        .run_statements(
-            "SELECT count(*) FROM (SELECT * FROM sessions ORDER BY entry_current_url, session_id)",
-        )
-        .await
-        .unwrap();
-    let counted = batches[0]
-        .column(0)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap()
-        .value(0);
+    let counted = single_count(
+        engine.context(),
+        "SELECT count(*) FROM (SELECT * FROM sessions ORDER BY entry_current_url, session_id)",
+    )
+    .await;
     assert_eq!(counted, 4_937);
 }
