@@ -202,6 +202,12 @@ fn parquet_table(files: &[PathBuf], sorted: bool) -> Result<Arc<dyn TableProvide
             Ok(ListingTableUrl::parse(absolute.to_string_lossy())?)
         })
         .collect::<Result<Vec<_>>>()?;
+    parquet_listing(urls, sorted)
+}
+
+/// A listing table of the events schema over the Parquet files at `urls`
+/// (files, or directories listed when a query is planned).
+fn parquet_listing(urls: Vec<ListingTableUrl>, sorted: bool) -> Result<Arc<dyn TableProvider>> {
     let mut options =
         ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
     if sorted {
@@ -226,12 +232,7 @@ pub fn parquet_table_at_url(url: &str) -> Result<Arc<dyn TableProvider>> {
     } else {
         format!("{url}/")
     };
-    let options =
-        ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-    let config = ListingTableConfig::new(ListingTableUrl::parse(&directory)?)
-        .with_listing_options(options)
-        .with_schema(events_schema());
-    Ok(Arc::new(ListingTable::try_new(config)?))
+    parquet_listing(vec![ListingTableUrl::parse(&directory)?], false)
 }
 
 /// Rejects a Parquet file that lacks a required column or has a column of a
