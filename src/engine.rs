@@ -444,12 +444,22 @@ pub fn session_context(
     )?
     .build();
     state.add_analyzer_rule(Arc::new(SessionTimeFilter));
+    register_sessionql_functions(&mut state)?;
+    Ok(SessionContext::new_with_state(state))
+}
+
+/// Registers sessionql's functions (channel files read from this machine's
+/// file system) and the JSON functions on `state`: for local sessions and for
+/// every node of a cluster.
+pub fn register_sessionql_functions(
+    state: &mut datafusion::execution::SessionState,
+) -> datafusion::common::Result<()> {
     sessionql_udfs::register_all_with_channel_source(
-        &mut state,
+        state,
         Some(Arc::new(ChannelFiles::default())),
     )?;
-    datafusion_functions_json::register_all(&mut state)?;
-    Ok(SessionContext::new_with_state(state))
+    datafusion_functions_json::register_all(state)?;
+    Ok(())
 }
 
 /// With the `distributed` feature, `s3://` events are readable in a local

@@ -34,7 +34,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use sessionql_udfs::SessionqlConfig;
 
-use crate::channel_files::ChannelFiles;
+use crate::engine::register_sessionql_functions;
 use crate::error::{Result, SessionqlError};
 use object_stores::SessionqlObjectStores;
 
@@ -124,29 +124,14 @@ pub fn node_session_state(config: SessionConfig) -> datafusion::common::Result<S
     Ok(state)
 }
 
-/// Registers sessionql's functions (channel files read from the node's file
-/// system) and the JSON functions on `state`.
-fn register_sessionql_functions(state: &mut SessionState) -> datafusion::common::Result<()> {
-    sessionql_udfs::register_all_with_channel_source(
-        state,
-        Some(Arc::new(ChannelFiles::default())),
-    )?;
-    datafusion_functions_json::register_all(state)?;
-    Ok(())
-}
-
 /// Turns a local sessionql session (functions and settings, no tables yet)
 /// into one whose queries run on the cluster at `cluster`. Nothing is sent
 /// until the first query; a scheduler that cannot be reached fails that query
 /// with an error naming the address.
 pub fn connect(context: &SessionContext, cluster: &ClusterUrl) -> Result<SessionContext> {
+    // The session's runtime already opens s3:// buckets
+    // (`engine::session_context` installs the same stores with this feature).
     let state = context.state();
-    let runtime = RuntimeEnvBuilder::from_runtime_env(state.runtime_env())
-        .with_object_store_registry(Arc::new(SessionqlObjectStores::default()))
-        .build_arc()?;
-    let state = SessionStateBuilder::new_from_existing(state)
-        .with_runtime_env(runtime)
-        .build();
     // Upgrading replaces the function maps with Ballista's defaults: register
     // sessionql's again on the upgraded state.
     let mut state = state.upgrade_for_ballista(cluster.scheduler_endpoint())?;
