@@ -285,33 +285,24 @@ fn with_scan_bounds(
     bounds: &[Bound],
     default_margin_seconds: u64,
 ) -> Result<Option<LogicalPlan>> {
-    let rebuilt_with = |input: Option<LogicalPlan>| -> Result<Option<LogicalPlan>> {
-        match input {
-            Some(input) => Ok(Some(plan.with_new_exprs(plan.expressions(), vec![input])?)),
-            None => Ok(None),
+    let input = match plan {
+        LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Projection(_) => {
+            with_scan_bounds(plan.inputs()[0], bounds, default_margin_seconds)?
         }
-    };
-    match plan {
-        LogicalPlan::Filter(filter) => rebuilt_with(with_scan_bounds(
-            &filter.input,
-            bounds,
-            default_margin_seconds,
-        )?),
-        LogicalPlan::SubqueryAlias(alias) => rebuilt_with(with_scan_bounds(
-            &alias.input,
-            bounds,
-            default_margin_seconds,
-        )?),
-        LogicalPlan::Projection(projection) => rebuilt_with(with_scan_bounds(
-            &projection.input,
-            bounds,
-            default_margin_seconds,
-        )?),
         LogicalPlan::Aggregate(aggregate) => {
             let margin = session_margin(&aggregate.input, default_margin_seconds);
-            rebuilt_with(filtered_scans(&aggregate.input, bounds, margin)?)
+            filtered_scans(&aggregate.input, bounds, margin)?
         }
-        _ => Ok(None),
+        _ => return Ok(None),
+    };
+    with_input(plan, input)
+}
+
+/// `plan` over `input` in place of its only input; `None` stays `None`.
+fn with_input(plan: &LogicalPlan, input: Option<LogicalPlan>) -> Result<Option<LogicalPlan>> {
+    match input {
+        Some(input) => Ok(Some(plan.with_new_exprs(plan.expressions(), vec![input])?)),
+        None => Ok(None),
     }
 }
 
@@ -355,20 +346,16 @@ fn filtered_scans(
 ) -> Result<Option<LogicalPlan>> {
     match plan {
         LogicalPlan::Filter(_) | LogicalPlan::SubqueryAlias(_) | LogicalPlan::Projection(_) => {
-            let input = filtered_scans(plan.inputs()[0], bounds, margin_seconds)?;
-            match input {
-                Some(input) => Ok(Some(plan.with_new_exprs(plan.expressions(), vec![input])?)),
-                None => Ok(None),
-            }
+            with_input(
+                plan,
+                filtered_scans(plan.inputs()[0], bounds, margin_seconds)?,
+            )
         }
         LogicalPlan::Window(window) => {
             if !window.window_expr.iter().all(is_session_start_call) {
                 return Ok(None);
             }
-            match filtered_scans(&window.input, bounds, margin_seconds)? {
-                Some(input) => Ok(Some(plan.with_new_exprs(plan.expressions(), vec![input])?)),
-                None => Ok(None),
-            }
+            with_input(plan, filtered_scans(&window.input, bounds, margin_seconds)?)
         }
         LogicalPlan::Union(union) => {
             let mut inputs = Vec::with_capacity(union.inputs.len());
