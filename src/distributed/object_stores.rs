@@ -38,12 +38,11 @@ impl ObjectStoreRegistry for SessionqlObjectStores {
     }
 
     fn get_store(&self, url: &Url) -> Result<Arc<dyn ObjectStore>> {
-        if let Ok(store) = self.registered.get_store(url) {
-            return Ok(store);
-        }
-        if url.scheme() != "s3" {
+        match self.registered.get_store(url) {
+            Ok(store) => return Ok(store),
             // DataFusion's own error names the URL and the missing store.
-            return self.registered.get_store(url);
+            Err(error) if url.scheme() != "s3" => return Err(error),
+            Err(_) => {}
         }
         let bucket = url.host_str().ok_or_else(|| {
             DataFusionError::Configuration(format!("{url}: an s3:// URL needs a bucket name"))
