@@ -265,15 +265,19 @@ fn settings_apply_to_the_connection_and_bad_values_are_errors() {
             "SET DataFusion.Runtime.Memory_Limit = '16M'",
             "-c",
             "SELECT cardinality(array_agg(value)) FROM generate_series(1, 10000000)",
+            // The connection still answers. (Not a query that needs the
+            // pool: the failed query's tasks release their reservations
+            // when they are cancelled, which on a loaded machine can come
+            // after the next query has started.)
             "-c",
-            "SELECT count(*) FROM sessions",
+            "SELECT 1 + 2",
         ],
     );
     let errors = text(&limited.stderr);
     assert!(errors.contains("fair(pool_size: 16.0 MB)"), "{errors}");
     assert!(
         text(&limited.stdout).ends_with("3\n"),
-        "{}",
+        "{}\n{errors}",
         text(&limited.stdout)
     );
 }
