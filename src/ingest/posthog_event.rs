@@ -15,7 +15,9 @@ use sessionql_udfs::session_uuid::uuid_v7_from_key;
 use crate::event_rows::{EventRow, PROPERTIES_INDEX, parse_timestamp_us};
 use crate::events_schema::{OPTIONAL_STRING_COLUMNS, POSTHOG_PROPERTY_KEYS};
 use crate::ingest::event_time::{EventTimeFields, event_time_us};
-use crate::ingest::json_spans::{Member, array_items, member, object_members};
+use crate::ingest::json_spans::{
+    Member, ObjectError, array_items, checked_object_members, member, object_members,
+};
 
 /// Request-level keys that each event of a batch inherits when it lacks them.
 const INHERITED_KEYS: [&str; 3] = ["sent_at", "now", "_received_at"];
@@ -48,17 +50,18 @@ pub struct RejectedEvent {
     pub raw: String,
 }
 
-/// The events of one line of valid JSON, each handed to `on_event` with its
-/// position in the batch (for batch bodies); an error for the whole line when
-/// it is not an object or its batch is not an array.
+/// The events of one line, each handed to `on_event` with its position in
+/// the batch (for batch bodies); an error for the whole line when it is not
+/// valid JSON, not an object, or its batch is not an array.
 pub fn line_events(
     line: &str,
     default_received_us: Option<i64>,
     mut on_event: impl FnMut(Option<usize>, Result<EventRow, RejectedEvent>),
 ) -> Result<(), String> {
-    let Some(members) = object_members(line) else {
-        return Err("not a JSON object".into());
-    };
+    let members = checked_object_members(line).map_err(|error| match error {
+        ObjectError::InvalidJson => format!("not valid JSON ({})", json_error(line)),
+        ObjectError::NotAnObject => "not a JSON object".to_string(),
+    })?;
     let reject = |reason: String, raw: &str| RejectedEvent {
         reason,
         raw: raw.to_string(),
@@ -113,13 +116,20 @@ fn raw_capture_record(
     default_received_us: Option<i64>,
 ) -> Result<EventRow, String> {
     let text = decode_string(data).map_err(|_| "'data' is not a JSON string".to_string())?;
-    if let Err(error) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
-        return Err(format!("'data' is not valid JSON ({error})"));
-    }
-    let Some(event) = object_members(&text) else {
-        return Err("'data' is not a JSON object".into());
-    };
+    let event = checked_object_members(&text).map_err(|error| match error {
+        ObjectError::InvalidJson => format!("'data' is not valid JSON ({})", json_error(&text)),
+        ObjectError::NotAnObject => "'data' is not a JSON object".to_string(),
+    })?;
     event_row(&event, inherited, default_received_us)
+}
+
+/// What `serde_json` says is wrong with `text`, for the quarantine's reason
+/// (the line reader only knows that something is).
+fn json_error(text: &str) -> String {
+    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+        Err(error) => error.to_string(),
+        Ok(_) => "refused by the line reader".to_string(),
+    }
 }
 
 /// Maps one PostHog event onto an events row. `inherited` are request-level
@@ -188,9 +198,16 @@ pub fn event_row(
             properties_text.as_deref().unwrap_or_default(),
         )
     });
+    // One pass over the properties, the last of a repeated key winning.
+    let mut column_values: [Option<&str>; POSTHOG_PROPERTY_KEYS.len()] = Default::default();
+    for (key, value) in &properties {
+        if let Some(column) = property_column(key) {
+            column_values[column] = Some(value);
+        }
+    }
     let mut optional: [Option<String>; OPTIONAL_STRING_COLUMNS.len()] = Default::default();
-    for (slot, key) in optional.iter_mut().zip(POSTHOG_PROPERTY_KEYS) {
-        *slot = match member(&properties, key) {
+    for (slot, value) in optional.iter_mut().zip(column_values) {
+        *slot = match value {
             None | Some("null") => None,
             Some(raw) if raw.starts_with('"') => Some(decode_string(raw)?),
             Some(raw) => Some(raw.to_string()),
@@ -201,6 +218,31 @@ pub fn event_row(
         required: [uuid, name, distinct_id],
         timestamp_us,
         optional,
+    })
+}
+
+/// The index in [`POSTHOG_PROPERTY_KEYS`] of the property `key`, if it
+/// becomes a column. Written out as a `match` so that the compiler compares
+/// lengths and fixed-size words instead of looping over the list (every
+/// property of every event passes here).
+fn property_column(key: &str) -> Option<usize> {
+    Some(match key {
+        "$session_id" => 0,
+        "$current_url" => 1,
+        "$pathname" => 2,
+        "$host" => 3,
+        "$referrer" => 4,
+        "$referring_domain" => 5,
+        "utm_source" => 6,
+        "utm_medium" => 7,
+        "utm_campaign" => 8,
+        "utm_term" => 9,
+        "utm_content" => 10,
+        "gclid" => 11,
+        "gad_source" => 12,
+        "fbclid" => 13,
+        "$external_click_url" => 14,
+        _ => return None,
     })
 }
 
@@ -339,6 +381,25 @@ mod tests {
                 })
             )
         );
+    }
+
+    #[test]
+    fn property_columns_follow_the_schema_list() {
+        for (index, key) in POSTHOG_PROPERTY_KEYS.iter().enumerate() {
+            assert_eq!(property_column(key), Some(index), "{key}");
+        }
+        assert_eq!(property_column("$browser"), None);
+    }
+
+    #[test]
+    fn a_repeated_property_takes_its_last_value() {
+        let events = events_of(
+            r#"{"event": "a", "distinct_id": "d", "timestamp": "2024-01-01T00:00:00Z",
+                "properties": {"$pathname": "/first", "$host": null, "$pathname": "/last"}}"#,
+        );
+        let row = events[0].1.clone().unwrap();
+        assert_eq!(row.optional[2].as_deref(), Some("/last"));
+        assert_eq!(row.optional[3], None);
     }
 
     #[test]
