@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDateTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
 use datafusion::arrow::array::{ArrayRef, StringBuilder, TimestampMicrosecondArray};
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
@@ -29,6 +29,9 @@ pub const PROPERTIES_INDEX: usize = OPTIONAL_STRING_COLUMNS.len() - 1;
 /// (read as UTC), with `T` or a space between date and time.
 pub fn parse_timestamp_us(text: &str) -> Result<i64, String> {
     let text = text.trim();
+    if let Some(micros) = utc_timestamp_us(text) {
+        return Ok(micros);
+    }
     if let Ok(parsed) = DateTime::parse_from_rfc3339(text) {
         return Ok(parsed.timestamp_micros());
     }
@@ -49,6 +52,45 @@ pub fn parse_timestamp_us(text: &str) -> Result<i64, String> {
     Err(format!(
         "timestamp '{text}' is not an ISO 8601 date and time"
     ))
+}
+
+/// The shape nearly every event time comes in, `YYYY-MM-DDTHH:MM:SS[.f]Z`
+/// (what PostHog's SDKs and exports write), read without chrono's general
+/// parser, which was a tenth of ingest's parsing time; `None` for anything
+/// else, which the general parser then reads. Dates and times are still
+/// checked by chrono (month lengths, leap years); leap seconds go the
+/// general way.
+fn utc_timestamp_us(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<u32> {
+        bytes.get(range)?.iter().try_fold(0u32, |value, byte| {
+            byte.is_ascii_digit()
+                .then(|| value * 10 + u32::from(byte - b'0'))
+        })
+    };
+    let separators = [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':')];
+    if bytes.len() < 20
+        || bytes[bytes.len() - 1] != b'Z'
+        || separators.iter().any(|(at, byte)| bytes[*at] != *byte)
+    {
+        return None;
+    }
+    let fraction = &bytes[19..bytes.len() - 1];
+    let nanos = match fraction {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let value = number(20..20 + digits.len())?;
+            value * 10u32.pow(9 - digits.len() as u32)
+        }
+        _ => return None,
+    };
+    let second = number(17..19)?;
+    if second > 59 {
+        return None;
+    }
+    let date = NaiveDate::from_ymd_opt(number(0..4)? as i32, number(5..7)?, number(8..10)?)?;
+    let time = date.and_hms_nano_opt(number(11..13)?, number(14..16)?, second, nanos)?;
+    Some(time.and_utc().timestamp_micros())
 }
 
 /// A JSON value as the text of a string column: strings as they are, numbers
@@ -230,6 +272,61 @@ impl EventBatchBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fast reader of `…Z` times agrees with chrono's RFC 3339 parser on
+    /// every text it accepts, and accepts the common shapes.
+    #[test]
+    fn utc_times_read_fast_agree_with_chrono() {
+        let seeds = [
+            "2024-02-29T23:59:59.123456789Z",
+            "2023-02-28T00:00:00Z",
+            "1969-12-31T23:59:59.5Z",
+            "2024-01-01T00:02:09.942386Z",
+        ];
+        for seed in seeds {
+            assert_eq!(
+                utc_timestamp_us(seed),
+                Some(
+                    DateTime::parse_from_rfc3339(seed)
+                        .unwrap()
+                        .timestamp_micros()
+                ),
+                "{seed}"
+            );
+        }
+        let replacements = b"0123456789-:.TZz +";
+        let mut state = 0x1234_5678_9abc_def1u64;
+        for round in 0..50_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut bytes = seeds[round % seeds.len()].as_bytes().to_vec();
+            let at = (state % bytes.len() as u64) as usize;
+            let byte = replacements[((state >> 20) % replacements.len() as u64) as usize];
+            match (state >> 40) % 3 {
+                0 => bytes[at] = byte,
+                1 => bytes.insert(at, byte),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+            let text = String::from_utf8(bytes).unwrap();
+            if let Some(micros) = utc_timestamp_us(&text) {
+                let chrono =
+                    DateTime::parse_from_rfc3339(&text).map(|time| time.timestamp_micros());
+                assert_eq!(Ok(micros), chrono, "{text}");
+            }
+        }
+        for other in [
+            "2024-02-30T00:00:00Z",
+            "2024-01-01T24:00:00Z",
+            "2016-12-31T23:59:60Z",
+            "2024-01-01T00:00:00+01:00",
+            "2024-01-01T00:00:00.Z",
+        ] {
+            assert_eq!(utc_timestamp_us(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn timestamps_with_and_without_offsets() {

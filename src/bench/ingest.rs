@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::bench::{median, peak_memory_mib};
+use crate::bench::{median, peak_memory_mib, process_cpu_seconds};
 use crate::error::{Result, SessionqlError};
 use crate::ingest::{IngestOptions, IngestSummary, ingest};
 
@@ -60,8 +60,8 @@ pub fn generated_data(directory: &Path, events: u64, format: &str) -> Result<Pat
 }
 
 /// Ingests `events` generated events `runs` times with `threads` parsing
-/// threads and prints the median time, events per second (in all and per
-/// thread) and peak memory.
+/// threads and prints the median time, events per second (in all, per
+/// thread and per CPU second) and peak memory.
 pub fn bench_ingest(events: u64, runs: usize, threads: usize, data: &Path) -> Result<()> {
     let input = generated_data(data, events, "ndjson")?;
     let input_bytes: u64 = std::fs::read_dir(&input)
@@ -78,6 +78,7 @@ pub fn bench_ingest(events: u64, runs: usize, threads: usize, data: &Path) -> Re
         threads => threads,
     };
     let mut times = Vec::new();
+    let mut cpu_times = Vec::new();
     let mut last = IngestSummary::default();
     for _ in 0..runs.max(1) {
         let output = data.join("ingest-output");
@@ -87,8 +88,12 @@ pub fn bench_ingest(events: u64, runs: usize, threads: usize, data: &Path) -> Re
             ..IngestOptions::new(vec![input.clone()], output.clone())
         };
         let started = Instant::now();
+        let cpu_before = process_cpu_seconds();
         last = ingest(&options)?;
         times.push(started.elapsed());
+        if let (Some(before), Some(after)) = (cpu_before, process_cpu_seconds()) {
+            cpu_times.push(Duration::from_secs_f64(after - before));
+        }
         let _ = std::fs::remove_dir_all(&output);
     }
     let min = times.iter().min().copied().unwrap_or_default();
@@ -110,6 +115,13 @@ pub fn bench_ingest(events: u64, runs: usize, threads: usize, data: &Path) -> Re
         "  events/s         {per_second:>10.0}  ({:.0} per thread)",
         per_second / threads as f64
     );
+    if !cpu_times.is_empty() {
+        let cpu_seconds = median(cpu_times).as_secs_f64();
+        println!(
+            "  per CPU second   {:>10.0}  ({cpu_seconds:.2} s of CPU, all threads, median)",
+            read / cpu_seconds.max(f64::EPSILON)
+        );
+    }
     println!(
         "  result           {} ingested, {} duplicates, {} quarantined, {} files",
         last.ingested,

@@ -14,14 +14,13 @@ use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use std::sync::Mutex;
 
 use chrono::{DateTime, NaiveDate};
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::{
-    SortColumn, concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch,
+    SortColumn, concat, interleave_record_batch, lexsort_to_indices, take_record_batch,
 };
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::arrow::ipc::reader::StreamReader;
@@ -218,36 +217,58 @@ impl DatePartitions {
             .unwrap_or_default();
         let batches = read_spill(spill)?;
         let mut written = WrittenDates::default();
-        let batch = concat_batches(&events_schema(), &batches)?;
-        drop(batches);
+        // Only the key columns are joined into one array each; the rows
+        // themselves are copied once, already in order, by `interleave`
+        // (joining all columns and then taking them in order copied the
+        // large `properties` text twice).
+        let key_column = |column: usize| -> Result<ArrayRef> {
+            let parts: Vec<&dyn Array> = batches
+                .iter()
+                .map(|batch| batch.column(column).as_ref())
+                .collect();
+            Ok(concat(&parts)?)
+        };
+        let uuid_array = key_column(UUID_COLUMN)?;
         let directory = date_directory(&self.out, date);
         let mut stored = stored_uuid_hashes(&directory)?;
-        let uuids = batch.column(UUID_COLUMN).as_string::<i32>();
-        let keep: BooleanArray = (0..uuids.len())
-            .map(|row| Some(stored.insert(uuid_hash(uuids.value(row)))))
+        let uuids = uuid_array.as_string::<i32>();
+        let keep: Vec<bool> = (0..uuids.len())
+            .map(|row| stored.insert(uuid_hash(uuids.value(row))))
             .collect();
-        // Usually nothing is a duplicate: then the batch is kept as it is,
-        // without another copy of every column.
-        let new_events = if keep.true_count() == batch.num_rows() {
-            batch
-        } else {
-            let kept = filter_record_batch(&batch, &keep)?;
-            written.duplicates += (batch.num_rows() - kept.num_rows()) as u64;
-            kept
-        };
-        if new_events.num_rows() == 0 {
+        let sort_key: Vec<SortColumn> = [
+            key_column(DISTINCT_ID_COLUMN)?,
+            key_column(TIMESTAMP_COLUMN)?,
+            uuid_array,
+        ]
+        .into_iter()
+        .map(|values| SortColumn {
+            values,
+            options: None,
+        })
+        .collect();
+        let order = lexsort_to_indices(&sort_key, None)?;
+        drop(sort_key);
+        // Where each row of the joined key columns lives: (batch, row in it).
+        let row_places: Vec<(usize, usize)> = batches
+            .iter()
+            .enumerate()
+            .flat_map(|(index, batch)| (0..batch.num_rows()).map(move |row| (index, row)))
+            .collect();
+        let kept_in_order: Vec<(usize, usize)> = order
+            .values()
+            .iter()
+            .map(|row| *row as usize)
+            .filter(|row| keep[*row])
+            .map(|row| row_places[row])
+            .collect();
+        written.duplicates += (row_places.len() - kept_in_order.len()) as u64;
+        if kept_in_order.is_empty() {
             return Ok(written);
         }
-        let sort_key: Vec<SortColumn> = [DISTINCT_ID_COLUMN, TIMESTAMP_COLUMN, UUID_COLUMN]
-            .into_iter()
-            .map(|column| SortColumn {
-                values: Arc::clone(new_events.column(column)),
-                options: None,
-            })
-            .collect();
-        let order = lexsort_to_indices(&sort_key, None)?;
-        let sorted = take_record_batch(&new_events, &order)?;
-        drop(new_events);
+        let batch_refs: Vec<&RecordBatch> = batches.iter().collect();
+        let sorted = interleave_record_batch(&batch_refs, &kept_in_order)?;
+        drop(batch_refs);
+        drop(batches);
         std::fs::create_dir_all(&directory).map_err(|source| SessionqlError::Write {
             path: directory.clone(),
             source,
@@ -269,8 +290,7 @@ fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
     if spill.pending.is_empty() {
         return Ok(());
     }
-    let batch = concat_batches(&events_schema(), &spill.pending)?;
-    spill.pending.clear();
+    let pending = std::mem::take(&mut spill.pending);
     spill.pending_rows = 0;
     if spill.writer.is_none() {
         let file = File::create(&path).map_err(|source| SessionqlError::Write {
@@ -284,7 +304,10 @@ fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
         spill.path = path;
     }
     if let Some(writer) = &mut spill.writer {
-        writer.write(&batch)?;
+        // Batch by batch: joining them first would copy every row once more.
+        for batch in &pending {
+            writer.write(batch)?;
+        }
     }
     Ok(())
 }

@@ -150,12 +150,14 @@ fn skip_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut position = start + 1;
     let mut escaped = false;
     loop {
-        match bytes.get(position)? {
+        position = next_string_stop(bytes, position)?;
+        match bytes[position] {
             b'"' => return Some((position + 1, escaped)),
             b'\\' => {
                 escaped = true;
                 position += 2;
             }
+            // A control character: not in a checked text.
             _ => position += 1,
         }
     }
@@ -212,6 +214,37 @@ const STRING_STOPS: [bool; 256] = {
     stops
 };
 
+/// The position of the first of [`STRING_STOPS`] at or after `position`.
+///
+/// Strings are most of an event's bytes, so they are scanned eight bytes at
+/// a time: in a word, a byte equal to `"` or `\\` or below 0x20 sets its top
+/// bit in `found` (the usual "has zero byte" arithmetic, on the word xor'ed
+/// with each stop). Borrows may also set bits *above* a real stop, never
+/// below one, so the lowest set bit is the first stop.
+fn next_string_stop(bytes: &[u8], mut position: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const TOP_BITS: u64 = u64::from_ne_bytes([0x80; 8]);
+    while let Some(word) = bytes.get(position..position + 8) {
+        let mut word_bytes = [0u8; 8];
+        word_bytes.copy_from_slice(word);
+        let word = u64::from_le_bytes(word_bytes);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        let found = ((quote.wrapping_sub(ONES) & !quote)
+            | (backslash.wrapping_sub(ONES) & !backslash)
+            | (word.wrapping_sub(ONES * 0x20) & !word))
+            & TOP_BITS;
+        if found != 0 {
+            return Some(position + (found.trailing_zeros() / 8) as usize);
+        }
+        position += 8;
+    }
+    while !STRING_STOPS[usize::from(*bytes.get(position)?)] {
+        position += 1;
+    }
+    Some(position)
+}
+
 /// [`skip_string`], refusing what JSON does not allow in a string.
 fn check_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
     if bytes.get(start) != Some(&b'"') {
@@ -220,9 +253,7 @@ fn check_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
     let mut position = start + 1;
     let mut escaped = false;
     loop {
-        while !STRING_STOPS[usize::from(*bytes.get(position)?)] {
-            position += 1;
-        }
+        position = next_string_stop(bytes, position)?;
         match bytes[position] {
             b'"' => return Some((position + 1, escaped)),
             b'\\' => {
@@ -386,14 +417,67 @@ mod tests {
 
     #[test]
     fn objects_and_other_values_are_told_apart() {
-        assert_eq!(checked_object_members(r#" {"a": [1, {"b": null}]} "#).unwrap().len(), 1);
+        assert_eq!(
+            checked_object_members(r#" {"a": [1, {"b": null}]} "#)
+                .unwrap()
+                .len(),
+            1
+        );
         for value in ["[1, 2]", "\"x\"", "-0.5e+3", "true", " null "] {
-            assert_eq!(checked_object_members(value), Err(ObjectError::NotAnObject), "{value}");
+            assert_eq!(
+                checked_object_members(value),
+                Err(ObjectError::NotAnObject),
+                "{value}"
+            );
         }
-        for text in ["", "{", r#"{"a": 01}"#, r#"{"a": "\x"}"#, "{\"a\": \"\u{1}\"}", r#"{"a": 1,}"#,
-            r#"{"a": tru}"#, r#"{"a": 1} {"#, "[1, 2", r#"{"a": 1.}"#, r#"{"a": -}"#, r#"{a: 1}"#]
-        {
-            assert_eq!(checked_object_members(text), Err(ObjectError::InvalidJson), "{text}");
+        for text in [
+            "",
+            "{",
+            r#"{"a": 01}"#,
+            r#"{"a": "\x"}"#,
+            "{\"a\": \"\u{1}\"}",
+            r#"{"a": 1,}"#,
+            r#"{"a": tru}"#,
+            r#"{"a": 1} {"#,
+            "[1, 2",
+            r#"{"a": 1.}"#,
+            r#"{"a": -}"#,
+            r#"{a: 1}"#,
+        ] {
+            assert_eq!(
+                checked_object_members(text),
+                Err(ObjectError::InvalidJson),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn string_stops_are_found_a_word_at_a_time() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            // Any bytes, with quotes, escapes and control characters added.
+            let bytes: Vec<u8> = (0..24)
+                .map(|index| {
+                    let byte = (state.rotate_left(index * 5) & 0xff) as u8;
+                    match byte % 11 {
+                        0 => [b'"', b'\\', 0x1f, 0x00][usize::from(byte >> 6)],
+                        _ => byte,
+                    }
+                })
+                .collect();
+            for start in 0..bytes.len() {
+                let expected =
+                    (start..bytes.len()).find(|at| STRING_STOPS[usize::from(bytes[*at])]);
+                assert_eq!(
+                    next_string_stop(&bytes, start),
+                    expected,
+                    "{bytes:?} from {start}"
+                );
+            }
         }
     }
 
@@ -402,10 +486,19 @@ mod tests {
         for depth in [1, 127, 128, 129, 100_000] {
             let arrays = format!("{{\"a\":{}{}}}", "[".repeat(depth), "]".repeat(depth));
             let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
-            assert!(serde_accepts(&arrays) && reader_accepts(&arrays), "arrays {depth} deep");
-            assert!(serde_accepts(&objects) && reader_accepts(&objects), "objects {depth} deep");
+            assert!(
+                serde_accepts(&arrays) && reader_accepts(&arrays),
+                "arrays {depth} deep"
+            );
+            assert!(
+                serde_accepts(&objects) && reader_accepts(&objects),
+                "objects {depth} deep"
+            );
             let unclosed = &arrays[..arrays.len() - 2];
-            assert!(!serde_accepts(unclosed) && !reader_accepts(unclosed), "{depth} unclosed");
+            assert!(
+                !serde_accepts(unclosed) && !reader_accepts(unclosed),
+                "{depth} unclosed"
+            );
         }
     }
 
@@ -450,6 +543,11 @@ mod tests {
                 disagreements.push(text);
             }
         }
-        assert!(disagreements.is_empty(), "{} disagreements, first: {:?}", disagreements.len(), disagreements.first());
+        assert!(
+            disagreements.is_empty(),
+            "{} disagreements, first: {:?}",
+            disagreements.len(),
+            disagreements.first()
+        );
     }
 }

@@ -341,13 +341,24 @@ fn read_lines(
             .unwrap_or_else(|_| Vec::with_capacity(BYTES_PER_CHUNK + 4096));
         let first_line = next_line;
         let mut at_end = false;
+        // A megabyte as the reader has it, then the rest of its last line
+        // (reading line by line scanned and copied every line once more).
         while bytes.len() < BYTES_PER_CHUNK {
-            if reader.read_until(b'\n', &mut bytes)? == 0 {
+            let available = reader.fill_buf()?;
+            if available.is_empty() {
                 at_end = true;
                 break;
             }
-            next_line += 1;
+            let taken = available.len().min(BYTES_PER_CHUNK - bytes.len());
+            bytes.extend_from_slice(&available[..taken]);
+            reader.consume(taken);
         }
+        if !at_end && bytes.last() != Some(&b'\n') && reader.read_until(b'\n', &mut bytes)? == 0 {
+            at_end = true;
+        }
+        let line_ends = memchr::memchr_iter(b'\n', &bytes).count();
+        let unterminated_last_line = bytes.last().is_some_and(|byte| *byte != b'\n');
+        next_line += (line_ends + usize::from(unterminated_last_line)) as u64;
         if !bytes.is_empty() {
             let chunk = LineChunk {
                 sequence: *sequence,

@@ -278,7 +278,7 @@ fn decode_string(raw: &str) -> Result<String, String> {
         .strip_prefix('"')
         .and_then(|inner| inner.strip_suffix('"'))
     {
-        Some(inner) if !inner.contains('\\') => Ok(inner.to_string()),
+        Some(inner) if memchr::memchr(b'\\', inner.as_bytes()).is_none() => Ok(inner.to_string()),
         _ => serde_json::from_str(raw).map_err(|error| format!("bad string {raw}: {error}")),
     }
 }
