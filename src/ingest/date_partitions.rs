@@ -2,11 +2,11 @@
 //!
 //! While input is read, each date's events wait in memory; past a memory
 //! budget they go to a spill file per date (an Arrow IPC stream in a hidden
-//! run directory), so memory stays bounded however large the input. At the end each date is read back alone (a thread per
-//! core, a date each): duplicates of
-//! events already stored (in this run or in the date's existing files) are
-//! dropped, the rest sorted by (`distinct_id`, `timestamp`, `uuid`) and
-//! written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is written
+//! run directory), so memory stays bounded however large the input. At the
+//! end each date is read back alone (a thread per core, a date each):
+//! duplicates of events already stored (in this run or in the date's
+//! existing files) are dropped, the rest sorted by (`distinct_id`,
+//! `timestamp`, `uuid`) and written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is written
 //! under a hidden temporary name and renamed when complete, so a reader never
 //! sees a partial file.
 
@@ -217,6 +217,9 @@ impl DatePartitions {
             .unwrap_or_default();
         let batches = read_spill(spill)?;
         let mut written = WrittenDates::default();
+        if batches.is_empty() {
+            return Ok(written);
+        }
         // Only the key columns are joined into one array each; the rows
         // themselves are copied once, already in order, by `interleave`
         // (joining all columns and then taking them in order copied the
