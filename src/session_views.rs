@@ -11,7 +11,17 @@ use crate::error::Result;
 
 /// Condition for events whose SDK gave a session id: a non-empty string
 /// other than `'null'` (spec §1). Such sessions are never re-split.
-const HAS_GIVEN_SESSION_ID: &str = "blank_to_null(session_id) IS NOT NULL";
+///
+/// Written out (not as `blank_to_null(session_id) IS NOT NULL`) so that
+/// Parquet statistics can answer it: a row group with no null, empty or
+/// `'null'` id is skipped by the half that derives sessions, and one with
+/// only nulls by the other half.
+const HAS_GIVEN_SESSION_ID: &str =
+    "session_id IS NOT NULL AND session_id <> '' AND session_id <> 'null'";
+
+/// The negation of [`HAS_GIVEN_SESSION_ID`], in the same prunable form.
+const HAS_NO_GIVEN_SESSION_ID: &str =
+    "session_id IS NULL OR session_id = '' OR session_id = 'null'";
 
 /// Columns of `events` after `session_id`, shared by both halves of the union.
 const EVENT_COLUMNS_AFTER_SESSION_ID: &str = "current_url, pathname, host, referrer, referring_domain, \
@@ -30,7 +40,7 @@ fn session_events_sql() -> String {
                     session_start(timestamp) OVER (PARTITION BY distinct_id ORDER BY timestamp)
                 ) AS session_id,
                 {rest}
-         FROM events WHERE NOT ({HAS_GIVEN_SESSION_ID})",
+         FROM events WHERE {HAS_NO_GIVEN_SESSION_ID}",
         rest = EVENT_COLUMNS_AFTER_SESSION_ID
     )
 }

@@ -522,6 +522,22 @@ fn the_committed_sample_is_what_the_generator_makes() {
     );
 }
 
+/// The generator puts events with and without a session id in separate row
+/// groups, so each half of the sessions view skips the other's row group of
+/// the sample by its statistics.
+#[test]
+fn each_half_of_the_sessions_view_skips_the_other_halfs_row_groups() {
+    let output = run(&["query", "EXPLAIN ANALYZE SELECT count(*) FROM sessions"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let plan = stdout(&output);
+    assert_eq!(
+        plan.matches("row_groups_pruned_statistics=2 total → 1 matched")
+            .count(),
+        2,
+        "{plan}"
+    );
+}
+
 #[test]
 fn channel_type_benchmark_runs_and_reports() {
     let output = run(&["bench", "channel-type", "--rows", "20000", "--runs", "1"]);

@@ -371,6 +371,52 @@ fn ingested_files_are_sorted_and_the_plan_knows_it() {
     assert!(plan.contains("output_ordering=[distinct_id@"), "{plan}");
 }
 
+/// Events with an SDK session id and events without one (missing, empty or
+/// `"null"`) land in separate files, and the half of the sessions view that
+/// derives sessions skips the file of given ids by its statistics.
+#[test]
+fn events_without_session_id_get_files_of_their_own() {
+    let directory = tempfile::tempdir().unwrap();
+    let input = write_file(
+        directory.path(),
+        "events.ndjson",
+        r#"{"uuid": "1", "event": "e", "distinct_id": "a", "timestamp": "2024-03-01T10:00:00Z", "properties": {"$session_id": "s1"}}
+{"uuid": "2", "event": "e", "distinct_id": "a", "timestamp": "2024-03-01T10:01:00Z"}
+{"uuid": "3", "event": "e", "distinct_id": "b", "timestamp": "2024-03-01T10:02:00Z", "properties": {"$session_id": ""}}
+{"uuid": "4", "event": "e", "distinct_id": "b", "timestamp": "2024-03-01T10:03:00Z", "properties": {"$session_id": "null"}}
+{"uuid": "5", "event": "e", "distinct_id": "c", "timestamp": "2024-03-01T10:04:00Z", "properties": {"$session_id": "s2"}}
+"#,
+    );
+    let out = directory.path().join("events");
+    ingest(&[path_str(&input), "--out", path_str(&out)]);
+    let mut uuids_by_file: Vec<String> = std::fs::read_dir(out.join("date=2024-03-01"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|extension| extension == "parquet")
+        })
+        .map(|file| {
+            query_csv(
+                &file,
+                "SELECT string_agg(uuid, ' ' ORDER BY uuid) AS uuids FROM events",
+            )
+        })
+        .collect();
+    uuids_by_file.sort();
+    assert_eq!(uuids_by_file, ["uuids\n1 5\n", "uuids\n2 3 4\n"]);
+    // Sessions: s1, s2, and the derived sessions of a and b.
+    assert_eq!(
+        query_csv(&out, "SELECT count(*) AS n FROM sessions"),
+        "n\n4\n"
+    );
+    let plan = query_csv(&out, "EXPLAIN ANALYZE SELECT count(*) FROM sessions");
+    assert!(
+        plan.contains("files_ranges_pruned_statistics=2 total → 1 matched"),
+        "{plan}"
+    );
+}
+
 /// Kills an ingest part-way through writing, then checks that every visible
 /// file is whole and that running it again completes the data.
 #[test]

@@ -17,10 +17,16 @@ pub fn default_data_directory() -> PathBuf {
     std::env::temp_dir().join("sessionql-bench")
 }
 
+/// Version of the generator's output layout, part of the cache directory's
+/// name so that data an older `sessionql` generated is not measured as if
+/// it were today's. 2: Parquet row groups split by whether events carry a
+/// session id.
+const GENERATED_LAYOUT: u32 = 2;
+
 /// Generates `events` events of `format` with seed 1 into `directory`, unless
 /// a finished earlier run left them there.
 pub fn generated_data(directory: &Path, events: u64, format: &str) -> Result<PathBuf> {
-    let target = directory.join(format!("{format}-{events}"));
+    let target = directory.join(format!("{format}-{events}-layout{GENERATED_LAYOUT}"));
     let done_marker = target.join("_complete");
     if done_marker.exists() {
         return Ok(target);

@@ -8,16 +8,27 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
+use sessionql_udfs::blank_to_null::blank_to_null;
+
 use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
 use crate::event_rows::{EventBatchBuilder, EventRow};
 use crate::events_schema::events_schema;
 
+/// Rows per row group of the generated files.
+const ROWS_PER_ROW_GROUP: usize = 256 * 1024;
+
 /// Writes rows to numbered Parquet files of at most `rows_per_file` rows.
+///
+/// Events with an SDK session id and events without one go to separate row
+/// groups (each kind in arrival order), as `ingest` puts them in separate
+/// files: the sessions view reads the two kinds in two halves, and Parquet
+/// statistics on `session_id` let each half skip the other's row groups.
 pub struct ParquetFiles {
     directory: PathBuf,
     rows_per_file: usize,
-    batch: EventBatchBuilder,
+    /// Rows waiting for their row group: `[with a session id, without]`.
+    pending: [EventBatchBuilder; 2],
     current: Option<(ArrowWriter<File>, PathBuf, PathBuf, usize)>,
     written: Vec<PathBuf>,
 }
@@ -28,7 +39,7 @@ impl ParquetFiles {
         Self {
             directory: directory.to_path_buf(),
             rows_per_file: rows_per_file.max(1),
-            batch: EventBatchBuilder::default(),
+            pending: Default::default(),
             current: None,
             written: Vec::new(),
         }
@@ -36,26 +47,34 @@ impl ParquetFiles {
 
     /// Adds one event.
     pub fn push(&mut self, row: EventRow) -> Result<()> {
-        self.batch.push(row);
-        let in_file = self.current.as_ref().map_or(0, |(_, _, _, rows)| *rows) + self.batch.len();
-        if self.batch.len() >= 65_536 || in_file >= self.rows_per_file {
-            self.flush_batch()?;
+        let has_session_id = row.optional[0]
+            .as_deref()
+            .is_some_and(|id| blank_to_null(id).is_some());
+        let kind = usize::from(!has_session_id);
+        self.pending[kind].push(row);
+        if self.pending[kind].len() >= ROWS_PER_ROW_GROUP {
+            self.write_row_group(kind)?;
         }
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|(_, _, _, rows)| *rows >= self.rows_per_file)
-        {
+        let in_file = self.current.as_ref().map_or(0, |(_, _, _, rows)| *rows)
+            + self
+                .pending
+                .iter()
+                .map(EventBatchBuilder::len)
+                .sum::<usize>();
+        if in_file >= self.rows_per_file {
+            self.write_row_group(0)?;
+            self.write_row_group(1)?;
             self.finish_file()?;
         }
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<()> {
-        if self.batch.is_empty() {
+    /// Writes the waiting rows of one kind as a row group of their own.
+    fn write_row_group(&mut self, kind: usize) -> Result<()> {
+        if self.pending[kind].is_empty() {
             return Ok(());
         }
-        let batch = self.batch.finish()?;
+        let batch = self.pending[kind].finish()?;
         if self.current.is_none() {
             let name = format!("events-{:04}.parquet", self.written.len());
             let final_path = self.directory.join(&name);
@@ -66,7 +85,7 @@ impl ParquetFiles {
             })?;
             let properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-                .set_max_row_group_row_count(Some(256 * 1024))
+                .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
                 .build();
             let writer = ArrowWriter::try_new(file, events_schema(), Some(properties))
                 .map_err(|error| SessionqlError::Query(error.into()))?;
@@ -76,6 +95,7 @@ impl ParquetFiles {
             *rows += batch.num_rows();
             writer
                 .write(&batch)
+                .and_then(|()| writer.flush())
                 .map_err(|error| SessionqlError::Query(error.into()))?;
         }
         Ok(())
@@ -94,7 +114,8 @@ impl ParquetFiles {
 
     /// Finishes the last file; returns every file written.
     pub fn close(mut self) -> Result<Vec<PathBuf>> {
-        self.flush_batch()?;
+        self.write_row_group(0)?;
+        self.write_row_group(1)?;
         self.finish_file()?;
         Ok(self.written)
     }

@@ -6,9 +6,10 @@
 //! end each date is read back alone (a thread per core, a date each):
 //! duplicates of events already stored (in this run or in the date's
 //! existing files) are dropped, the rest sorted by (`distinct_id`,
-//! `timestamp`, `uuid`) and written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is written
-//! under a hidden temporary name and renamed when complete, so a reader never
-//! sees a partial file.
+//! `timestamp`, `uuid`), split into events with and without an SDK session
+//! id, and written to `date=YYYY-MM-DD/part-<run>-<n>.parquet`. Each file is
+//! written under a hidden temporary name and renamed when complete, so a
+//! reader never sees a partial file.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
@@ -31,6 +32,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::SortingColumn;
 use datafusion::parquet::file::properties::WriterProperties;
+use sessionql_udfs::blank_to_null::blank_to_null;
 use sessionql_udfs::stable_hash::stable_hash64;
 
 use crate::complete_files::{publish, temporary_path};
@@ -44,6 +46,7 @@ const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
 const UUID_COLUMN: usize = 0;
 const DISTINCT_ID_COLUMN: usize = 2;
 const TIMESTAMP_COLUMN: usize = 3;
+const SESSION_ID_COLUMN: usize = 4;
 
 /// The sort order every ingested file declares in its footer.
 pub fn declared_sorting_columns() -> Vec<SortingColumn> {
@@ -265,27 +268,49 @@ impl DatePartitions {
             .map(|row| row_places[row])
             .collect();
         written.duplicates += (row_places.len() - kept_in_order.len()) as u64;
-        if kept_in_order.is_empty() {
-            return Ok(written);
-        }
+        drop(row_places);
+        // Events with a session id from the SDK and events without one go
+        // to separate files (each sorted): the sessions view reads them in
+        // two halves, and Parquet statistics then let each half skip the
+        // other's files instead of decoding and filtering them away.
+        let (with_session_id, without_session_id): (Vec<_>, Vec<_>) =
+            kept_in_order.into_iter().partition(|(batch, row)| {
+                let session_ids = batches[*batch].column(SESSION_ID_COLUMN).as_string::<i32>();
+                session_ids.is_valid(*row) && blank_to_null(session_ids.value(*row)).is_some()
+            });
         let batch_refs: Vec<&RecordBatch> = batches.iter().collect();
-        let sorted = interleave_record_batch(&batch_refs, &kept_in_order)?;
-        drop(batch_refs);
-        drop(batches);
-        std::fs::create_dir_all(&directory).map_err(|source| SessionqlError::Write {
-            path: directory.clone(),
+        for rows in [with_session_id, without_session_id] {
+            if rows.is_empty() {
+                continue;
+            }
+            let sorted = interleave_record_batch(&batch_refs, &rows)?;
+            drop(rows);
+            self.write_files(&sorted, &directory, &mut written)?;
+        }
+        Ok(written)
+    }
+
+    /// Writes sorted events of one date as files of at most `rows_per_file`.
+    fn write_files(
+        &self,
+        sorted: &RecordBatch,
+        directory: &Path,
+        written: &mut WrittenDates,
+    ) -> Result<()> {
+        std::fs::create_dir_all(directory).map_err(|source| SessionqlError::Write {
+            path: directory.to_path_buf(),
             source,
         })?;
         let mut offset = 0;
         while offset < sorted.num_rows() {
             let length = self.rows_per_file.min(sorted.num_rows() - offset);
             let name = format!("part-{}-{:04}.parquet", self.run_id, written.files.len());
-            write_parquet_atomically(&sorted.slice(offset, length), &directory, &name)?;
+            write_parquet_atomically(&sorted.slice(offset, length), directory, &name)?;
             written.events += length as u64;
             written.files.push(directory.join(name));
             offset += length;
         }
-        Ok(written)
+        Ok(())
     }
 }
 
