@@ -8,7 +8,7 @@
 //! type_if_organic, is_app_id]`) can replace it: this module parses the text;
 //! reading the file is the engine's business (this crate does no I/O).
 
-use std::collections::HashMap;
+use datafusion::common::HashMap;
 
 use serde_json::Value;
 
@@ -25,7 +25,10 @@ pub struct ChannelTypes {
     pub domain_type: Option<String>,
 }
 
-/// Source and medium lookups, built once and shared by every call.
+/// Source and medium lookups, built once and shared by every call. The maps
+/// hash with DataFusion's default (foldhash), not the standard library's
+/// SipHash: every event's referring domain and medium are looked up here,
+/// and SipHash was 2.5% of a channel breakdown's time.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ChannelLookup {
     sources: HashMap<String, ChannelTypes>,
