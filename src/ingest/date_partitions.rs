@@ -25,8 +25,8 @@ use datafusion::arrow::compute::{
 };
 use datafusion::arrow::datatypes::TimestampMicrosecondType;
 use datafusion::arrow::ipc::reader::StreamReader;
-use datafusion::common::HashSet;
 use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::common::HashSet;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
