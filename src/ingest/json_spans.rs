@@ -64,11 +64,7 @@ fn members_of<const CHECK: bool>(text: &str, mut position: usize) -> Option<Vec<
         return at_end(bytes, position + 1).then_some(members);
     }
     loop {
-        let (key_end, escaped) = if CHECK {
-            check_string(bytes, position)?
-        } else {
-            skip_string(bytes, position)?
-        };
+        let (key_end, escaped) = string_end::<CHECK>(bytes, position)?;
         let raw_key = &text[position + 1..key_end - 1];
         let key = if escaped {
             Cow::Owned(serde_json::from_str::<String>(&text[position..key_end]).ok()?)
@@ -143,8 +139,10 @@ fn skip_whitespace(bytes: &[u8], mut position: usize) -> usize {
 }
 
 /// From an opening quote, the position just past the closing one, and
-/// whether the string has escapes.
-fn skip_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
+/// whether the string has escapes. With `CHECK`, refuses what JSON does not
+/// allow in a string (unknown escapes, bad `\u` digits, control characters);
+/// without, the text must already be checked.
+fn string_end<const CHECK: bool>(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
     if bytes.get(start) != Some(&b'"') {
         return None;
     }
@@ -156,9 +154,24 @@ fn skip_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
             b'"' => return Some((position + 1, escaped)),
             b'\\' => {
                 escaped = true;
-                position += 2;
+                if !CHECK {
+                    position += 2;
+                    continue;
+                }
+                position += match bytes.get(position + 1)? {
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
+                    b'u' => {
+                        let digits = bytes.get(position + 2..position + 6)?;
+                        if !digits.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        6
+                    }
+                    _ => return None,
+                };
             }
-            // A control character: not in a checked text.
+            // A control character.
+            _ if CHECK => return None,
             _ => position += 1,
         }
     }
@@ -167,14 +180,14 @@ fn skip_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
 /// From the start of a value, the position just past its end.
 fn skip_value(bytes: &[u8], start: usize) -> Option<usize> {
     match bytes.get(start)? {
-        b'"' => skip_string(bytes, start).map(|(end, _)| end),
+        b'"' => string_end::<false>(bytes, start).map(|(end, _)| end),
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut position = start;
             loop {
                 match bytes.get(position)? {
                     b'"' => {
-                        position = skip_string(bytes, position)?.0;
+                        position = string_end::<false>(bytes, position)?.0;
                         continue;
                     }
                     b'{' | b'[' => depth += 1,
@@ -246,36 +259,6 @@ fn next_string_stop(bytes: &[u8], mut position: usize) -> Option<usize> {
     Some(position)
 }
 
-/// [`skip_string`], refusing what JSON does not allow in a string.
-fn check_string(bytes: &[u8], start: usize) -> Option<(usize, bool)> {
-    if bytes.get(start) != Some(&b'"') {
-        return None;
-    }
-    let mut position = start + 1;
-    let mut escaped = false;
-    loop {
-        position = next_string_stop(bytes, position)?;
-        match bytes[position] {
-            b'"' => return Some((position + 1, escaped)),
-            b'\\' => {
-                escaped = true;
-                match bytes.get(position + 1)? {
-                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => position += 2,
-                    b'u' => {
-                        let digits = bytes.get(position + 2..position + 6)?;
-                        if !digits.iter().all(u8::is_ascii_hexdigit) {
-                            return None;
-                        }
-                        position += 6;
-                    }
-                    _ => return None,
-                }
-            }
-            _ => return None,
-        }
-    }
-}
-
 /// From the start of a value, the position just past its end, checking that
 /// it is valid JSON. Containers are tracked on a stack of their closing
 /// brackets, not by recursion, so no depth of nesting overflows the thread's
@@ -285,7 +268,7 @@ fn check_value(bytes: &[u8], start: usize) -> Option<usize> {
     let mut position = start;
     loop {
         position = match bytes.get(position)? {
-            b'"' => check_string(bytes, position)?.0,
+            b'"' => string_end::<true>(bytes, position)?.0,
             opening @ (b'{' | b'[') => {
                 let closer = if *opening == b'{' { b'}' } else { b']' };
                 position = skip_whitespace(bytes, position + 1);
@@ -330,7 +313,7 @@ fn check_value(bytes: &[u8], start: usize) -> Option<usize> {
 
 /// From a member's key, the start of its value.
 fn member_value_start(bytes: &[u8], key_start: usize) -> Option<usize> {
-    let key_end = check_string(bytes, key_start)?.0;
+    let key_end = string_end::<true>(bytes, key_start)?.0;
     let colon = skip_whitespace(bytes, key_end);
     (bytes.get(colon) == Some(&b':')).then(|| skip_whitespace(bytes, colon + 1))
 }

@@ -58,10 +58,7 @@ pub fn line_events(
     default_received_us: Option<i64>,
     mut on_event: impl FnMut(Option<usize>, Result<EventRow, RejectedEvent>),
 ) -> Result<(), String> {
-    let members = checked_object_members(line).map_err(|error| match error {
-        ObjectError::InvalidJson => format!("not valid JSON ({})", json_error(line)),
-        ObjectError::NotAnObject => "not a JSON object".to_string(),
-    })?;
+    let members = checked_object_members(line).map_err(|error| refusal(error, line))?;
     let reject = |reason: String, raw: &str| RejectedEvent {
         reason,
         raw: raw.to_string(),
@@ -116,19 +113,21 @@ fn raw_capture_record(
     default_received_us: Option<i64>,
 ) -> Result<EventRow, String> {
     let text = decode_string(data).map_err(|_| "'data' is not a JSON string".to_string())?;
-    let event = checked_object_members(&text).map_err(|error| match error {
-        ObjectError::InvalidJson => format!("'data' is not valid JSON ({})", json_error(&text)),
-        ObjectError::NotAnObject => "'data' is not a JSON object".to_string(),
-    })?;
+    let event = checked_object_members(&text)
+        .map_err(|error| format!("'data' is {}", refusal(error, &text)))?;
     event_row(&event, inherited, default_received_us)
 }
 
-/// What `serde_json` says is wrong with `text`, for the quarantine's reason
-/// (the line reader only knows that something is).
-fn json_error(text: &str) -> String {
-    match serde_json::from_str::<serde::de::IgnoredAny>(text) {
-        Err(error) => error.to_string(),
-        Ok(_) => "refused by the line reader".to_string(),
+/// Why `text` is not an event object, for the quarantine: "not a JSON
+/// object", or "not valid JSON (…)" with what `serde_json` says is wrong (the
+/// line reader only knows that something is).
+fn refusal(error: ObjectError, text: &str) -> String {
+    match error {
+        ObjectError::NotAnObject => "not a JSON object".to_string(),
+        ObjectError::InvalidJson => match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(error) => format!("not valid JSON ({error})"),
+            Ok(_) => "not valid JSON (refused by the line reader)".to_string(),
+        },
     }
 }
 
