@@ -12,11 +12,12 @@
 //! `GroupsAccumulator`, so `GROUP BY session_id` over millions of sessions does
 //! not go through per-row `ScalarValue`s.
 
+use std::cmp::Ordering;
 use std::mem::size_of;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{nullif, prep_null_mask_filter};
@@ -32,6 +33,7 @@ use datafusion::logical_expr::{
 use crate::args::{
     SESSIONQL_DOC_SECTION, coerce_to_timestamp_us, coerce_to_utf8, documented_signature,
 };
+use crate::pick_slots::{KeptPick, PickKey, PickSlots};
 use crate::timestamp_us_utc;
 
 /// Which end of the session a pick looks at.
@@ -197,54 +199,18 @@ impl AggregateUDFImpl for PickValue {
     }
 }
 
-/// The best row seen so far for one group.
-#[derive(Debug)]
-struct Pick {
-    is_priority: bool,
-    timestamp: i64,
-    tiebreak: Option<String>,
-    value: String,
-}
-
-/// The ordering key of a candidate row, borrowed from the input arrays.
-struct Candidate<'a> {
-    is_priority: bool,
-    timestamp: i64,
-    tiebreak: Option<&'a str>,
-}
-
-impl Candidate<'_> {
-    /// True when this row should replace `current`: priority rows first, then
-    /// the earlier (entry) or later (exit) timestamp, then the tiebreak.
-    fn beats(&self, current: &Pick, direction: PickDirection) -> bool {
-        if self.is_priority != current.is_priority {
-            return self.is_priority;
-        }
-        let by_time = self.timestamp.cmp(&current.timestamp);
-        let by_tiebreak = self.tiebreak.cmp(&current.tiebreak.as_deref());
-        let order = by_time.then(by_tiebreak);
-        match direction {
-            PickDirection::Entry => order.is_lt(),
-            PickDirection::Exit => order.is_gt(),
-        }
-    }
-}
-
 /// One candidate per group, for `GROUP BY` over many sessions.
 #[derive(Debug)]
 struct PickGroups {
     direction: PickDirection,
-    picks: Vec<Option<Pick>>,
-    /// Bytes held by the picks' strings, kept up to date for `size()`.
-    heap_bytes: usize,
+    picks: PickSlots,
 }
 
 impl PickGroups {
     fn new(direction: PickDirection) -> Self {
         Self {
             direction,
-            picks: Vec::new(),
-            heap_bytes: 0,
+            picks: PickSlots::default(),
         }
     }
 
@@ -267,9 +233,13 @@ impl PickGroups {
         let priorities = as_boolean_array(priorities)?;
         let timestamps = as_timestamp_microsecond_array(timestamps)?;
         let tiebreaks = as_string_array(tiebreaks)?;
-        if self.picks.len() < total_num_groups {
-            self.picks.resize_with(total_num_groups, || None);
-        }
+        self.picks.grow(total_num_groups);
+        // The winning comparison: an entry pick keeps the earlier row, an
+        // exit pick the later one (priority rows win either way).
+        let wins = match self.direction {
+            PickDirection::Entry => Ordering::Less,
+            PickDirection::Exit => Ordering::Greater,
+        };
         for (row, &group) in group_indices.iter().enumerate() {
             if let Some(filter) = opt_filter
                 && !(filter.is_valid(row) && filter.value(row))
@@ -279,87 +249,46 @@ impl PickGroups {
             if values.is_null(row) || timestamps.is_null(row) {
                 continue;
             }
-            let candidate = Candidate {
+            let candidate = PickKey {
                 is_priority: priorities.is_valid(row) && priorities.value(row),
                 timestamp: timestamps.value(row),
                 tiebreak: tiebreaks.is_valid(row).then(|| tiebreaks.value(row)),
             };
-            let value = values.value(row);
-            match &mut self.picks[group] {
-                Some(current) if !candidate.beats(current, self.direction) => {}
-                Some(current) => {
-                    let before = heap_size(current);
-                    current.is_priority = candidate.is_priority;
-                    current.timestamp = candidate.timestamp;
-                    current.value.clear();
-                    current.value.push_str(value);
-                    match (&mut current.tiebreak, candidate.tiebreak) {
-                        (Some(kept), Some(new)) => {
-                            kept.clear();
-                            kept.push_str(new);
-                        }
-                        (slot, new) => *slot = new.map(str::to_owned),
-                    }
-                    self.heap_bytes = self.heap_bytes + heap_size(current) - before;
-                }
-                empty => {
-                    let pick = Pick {
-                        is_priority: candidate.is_priority,
-                        timestamp: candidate.timestamp,
-                        tiebreak: candidate.tiebreak.map(str::to_owned),
-                        value: value.to_owned(),
-                    };
-                    self.heap_bytes += heap_size(&pick);
-                    *empty = Some(pick);
-                }
+            if self.picks.beats(group, &candidate, wins) {
+                self.picks.store(group, values.value(row), &candidate)?;
             }
         }
         Ok(())
     }
 
-    fn take(&mut self, emit_to: EmitTo) -> Vec<Option<Pick>> {
-        let taken = emit_to.take_needed(&mut self.picks);
-        let released: usize = taken.iter().flatten().map(heap_size).sum();
-        self.heap_bytes = self.heap_bytes.saturating_sub(released);
-        taken
+    /// The values of the groups `emit_to` names, removed from the state.
+    fn take_values(&mut self, emit_to: EmitTo) -> ArrayRef {
+        let mut values = StringBuilder::new();
+        self.picks.drain(emit_to, |pick| {
+            values.append_option(pick.map(|pick| pick.value))
+        });
+        Arc::new(values.finish())
     }
-}
 
-fn heap_size(pick: &Pick) -> usize {
-    pick.value.capacity() + pick.tiebreak.as_ref().map_or(0, String::capacity)
-}
-
-fn values_array(picks: &[Option<Pick>]) -> ArrayRef {
-    Arc::new(StringArray::from_iter(
-        picks
-            .iter()
-            .map(|pick| pick.as_ref().map(|pick| pick.value.as_str())),
-    ))
-}
-
-fn state_arrays(picks: &[Option<Pick>]) -> Vec<ArrayRef> {
-    let priorities = BooleanArray::from_iter(
-        picks
-            .iter()
-            .map(|pick| pick.as_ref().map(|pick| pick.is_priority)),
-    );
-    let timestamps = TimestampMicrosecondArray::from_iter(
-        picks
-            .iter()
-            .map(|pick| pick.as_ref().map(|pick| pick.timestamp)),
-    )
-    .with_timezone("UTC");
-    let tiebreaks = StringArray::from_iter(
-        picks
-            .iter()
-            .map(|pick| pick.as_ref().and_then(|pick| pick.tiebreak.as_deref())),
-    );
-    vec![
-        values_array(picks),
-        Arc::new(priorities),
-        Arc::new(timestamps),
-        Arc::new(tiebreaks),
-    ]
+    /// The partial states of the groups `emit_to` names, removed.
+    fn take_states(&mut self, emit_to: EmitTo) -> Vec<ArrayRef> {
+        let mut values = StringBuilder::new();
+        let mut priorities = BooleanBuilder::new();
+        let mut timestamps = TimestampMicrosecondBuilder::new();
+        let mut tiebreaks = StringBuilder::new();
+        self.picks.drain(emit_to, |pick| {
+            values.append_option(pick.map(|pick| pick.value));
+            priorities.append_option(pick.map(|pick| pick.is_priority));
+            timestamps.append_option(pick.map(|pick| pick.timestamp));
+            tiebreaks.append_option(pick.and_then(|pick| pick.tiebreak));
+        });
+        vec![
+            Arc::new(values.finish()),
+            Arc::new(priorities.finish()),
+            Arc::new(timestamps.finish().with_timezone("UTC")),
+            Arc::new(tiebreaks.finish()),
+        ]
+    }
 }
 
 impl GroupsAccumulator for PickGroups {
@@ -374,11 +303,11 @@ impl GroupsAccumulator for PickGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        Ok(values_array(&self.take(emit_to)))
+        Ok(self.take_values(emit_to))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(state_arrays(&self.take(emit_to)))
+        Ok(self.take_states(emit_to))
     }
 
     fn merge_batch(
@@ -406,7 +335,7 @@ impl GroupsAccumulator for PickGroups {
     }
 
     fn size(&self) -> usize {
-        self.picks.capacity() * size_of::<Option<Pick>>() + self.heap_bytes
+        self.picks.size()
     }
 }
 
@@ -422,8 +351,8 @@ impl SinglePick {
         self.groups.fold(columns, &vec![0; rows], None, 1)
     }
 
-    fn current(&self) -> Option<&Pick> {
-        self.groups.picks.first().and_then(Option::as_ref)
+    fn current(&self) -> Option<KeptPick<'_>> {
+        self.groups.picks.get(0)
     }
 }
 
@@ -438,17 +367,17 @@ impl Accumulator for SinglePick {
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
         Ok(ScalarValue::Utf8(
-            self.current().map(|pick| pick.value.clone()),
+            self.current().map(|pick| pick.value.to_owned()),
         ))
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         let pick = self.current();
         Ok(vec![
-            ScalarValue::Utf8(pick.map(|pick| pick.value.clone())),
+            ScalarValue::Utf8(pick.map(|pick| pick.value.to_owned())),
             ScalarValue::Boolean(pick.map(|pick| pick.is_priority)),
             ScalarValue::TimestampMicrosecond(pick.map(|pick| pick.timestamp), Some("UTC".into())),
-            ScalarValue::Utf8(pick.and_then(|pick| pick.tiebreak.clone())),
+            ScalarValue::Utf8(pick.and_then(|pick| pick.tiebreak.map(str::to_owned))),
         ])
     }
 

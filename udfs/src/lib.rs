@@ -33,6 +33,7 @@ pub mod dedup_groups;
 pub mod distinct_strings_where;
 pub mod distinct_where;
 pub mod entry_exit_value;
+pub mod pick_slots;
 pub mod referring_domain_type;
 pub mod session_duration;
 pub mod session_is_bounce;

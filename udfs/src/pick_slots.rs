@@ -1,0 +1,345 @@
+//! The per-group state behind `entry_value` / `exit_value`: one candidate row
+//! per group, kept in flat storage.
+//!
+//! A session table has one row per session and fourteen picks per row, so this
+//! state is most of the memory a `GROUP BY session_id` holds. Each group gets
+//! a fixed 32-byte slot (ordering key and where its text is), and the text of
+//! the kept value and tiebreak lives in one byte arena per accumulator: no
+//! allocation per group or per replacement, and about half the bytes of an
+//! owned `String` pair per group. A replaced pick reuses its arena bytes when
+//! the new text fits, so the arena grows only with longer replacements; it is
+//! compacted when more than half of it is dead.
+
+use std::cmp::Ordering;
+use std::mem::size_of;
+
+use datafusion::common::{Result, exec_err};
+use datafusion::logical_expr::EmitTo;
+
+/// Arena size below which dead bytes are never compacted away.
+const COMPACT_FROM_BYTES: usize = 64 * 1024 * 1024;
+
+/// Marks a slot without a tiebreak (a null `tiebreak` argument).
+const NO_TIEBREAK: u32 = u32::MAX;
+
+/// The ordering key of one row: what decides between two candidates.
+#[derive(Debug, Clone, Copy)]
+pub struct PickKey<'a> {
+    /// `$pageview` / `$screen` rows beat all others.
+    pub is_priority: bool,
+    /// Event time in microseconds.
+    pub timestamp: i64,
+    /// Decides between rows of equal time (the event uuid).
+    pub tiebreak: Option<&'a str>,
+}
+
+/// One group's kept candidate; `filled` is false until a row arrives.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    timestamp: i64,
+    /// Start of the value's bytes in the arena; the tiebreak follows them.
+    start: usize,
+    value_len: u32,
+    /// Tiebreak length, or [`NO_TIEBREAK`].
+    tiebreak_len: u32,
+    /// Arena bytes reserved at `start` (at least value and tiebreak).
+    reserved: u32,
+    is_priority: bool,
+    filled: bool,
+}
+
+impl Slot {
+    fn text_len(&self) -> usize {
+        self.value_len as usize + self.tiebreak_bytes()
+    }
+
+    fn tiebreak_bytes(&self) -> usize {
+        if self.tiebreak_len == NO_TIEBREAK {
+            0
+        } else {
+            self.tiebreak_len as usize
+        }
+    }
+}
+
+/// A group's kept pick as read back: borrowed from the arena.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptPick<'a> {
+    /// The picked value.
+    pub value: &'a str,
+    /// Whether the picked row was a priority row.
+    pub is_priority: bool,
+    /// The picked row's time in microseconds.
+    pub timestamp: i64,
+    /// The picked row's tiebreak.
+    pub tiebreak: Option<&'a str>,
+}
+
+/// One candidate per group: slots indexed by group, text in one arena.
+#[derive(Debug, Default)]
+pub struct PickSlots {
+    slots: Vec<Slot>,
+    arena: Vec<u8>,
+    /// Arena bytes no slot reserves any more.
+    dead_bytes: usize,
+}
+
+impl PickSlots {
+    /// Makes room for group indexes below `total_num_groups`.
+    pub fn grow(&mut self, total_num_groups: usize) {
+        if self.slots.len() < total_num_groups {
+            self.slots.resize(total_num_groups, Slot::default());
+        }
+    }
+
+    /// Number of groups with a slot.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no group has a slot.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
+    /// True when `candidate` should replace the group's kept row (or the
+    /// group has none): a priority row beats a non-priority one; between
+    /// rows of equal priority, the one whose (time, tiebreak) compares to
+    /// the kept row's as `wins` (`Less`: the earlier, `Greater`: the later).
+    pub fn beats(&self, group: usize, candidate: &PickKey<'_>, wins: Ordering) -> bool {
+        let slot = &self.slots[group];
+        if !slot.filled {
+            return true;
+        }
+        if slot.is_priority != candidate.is_priority {
+            return candidate.is_priority;
+        }
+        let order = candidate
+            .timestamp
+            .cmp(&slot.timestamp)
+            .then_with(|| candidate.tiebreak.cmp(&self.tiebreak(slot)));
+        order == wins
+    }
+
+    /// Keeps `value` and `key` as the group's row, replacing what it held.
+    pub fn store(&mut self, group: usize, value: &str, key: &PickKey<'_>) -> Result<()> {
+        let tiebreak = key.tiebreak.unwrap_or("");
+        let needed = value.len() + tiebreak.len();
+        let (Ok(value_len), Ok(needed_u32)) = (u32::try_from(value.len()), u32::try_from(needed))
+        else {
+            return exec_err!("entry_value/exit_value: a value of {needed} bytes is too long");
+        };
+        let tiebreak_len = match key.tiebreak {
+            Some(text) => match u32::try_from(text.len()) {
+                Ok(len) if len != NO_TIEBREAK => len,
+                _ => return exec_err!("entry_value/exit_value: the tiebreak is too long"),
+            },
+            None => NO_TIEBREAK,
+        };
+        let slot = self.slots[group];
+        let (start, reserved) = if slot.filled && needed <= slot.reserved as usize {
+            (slot.start, slot.reserved)
+        } else {
+            if slot.filled {
+                self.dead_bytes += slot.reserved as usize;
+            }
+            (self.arena.len(), needed_u32)
+        };
+        if start == self.arena.len() {
+            self.arena.extend_from_slice(value.as_bytes());
+            self.arena.extend_from_slice(tiebreak.as_bytes());
+        } else {
+            self.arena[start..start + value.len()].copy_from_slice(value.as_bytes());
+            self.arena[start + value.len()..start + needed].copy_from_slice(tiebreak.as_bytes());
+        }
+        self.slots[group] = Slot {
+            timestamp: key.timestamp,
+            start,
+            value_len,
+            tiebreak_len,
+            reserved,
+            is_priority: key.is_priority,
+            filled: true,
+        };
+        if self.dead_bytes > COMPACT_FROM_BYTES && self.dead_bytes > self.arena.len() / 2 {
+            self.compact(0);
+        }
+        Ok(())
+    }
+
+    /// The kept row of a group, if any.
+    pub fn get(&self, group: usize) -> Option<KeptPick<'_>> {
+        let slot = self.slots.get(group)?;
+        slot.filled.then(|| KeptPick {
+            value: self.text(slot.start, slot.value_len as usize),
+            is_priority: slot.is_priority,
+            timestamp: slot.timestamp,
+            tiebreak: self.tiebreak(slot),
+        })
+    }
+
+    /// Calls `visit` with the kept rows of the groups `emit_to` names, in
+    /// group order, then removes those groups (later groups move down).
+    pub fn drain(&mut self, emit_to: EmitTo, mut visit: impl FnMut(Option<KeptPick<'_>>)) {
+        let taken = match emit_to {
+            EmitTo::All => self.slots.len(),
+            EmitTo::First(count) => count.min(self.slots.len()),
+        };
+        for group in 0..taken {
+            visit(self.get(group));
+        }
+        if taken == self.slots.len() {
+            self.slots.clear();
+            self.arena.clear();
+            self.dead_bytes = 0;
+        } else {
+            self.compact(taken);
+        }
+    }
+
+    /// Approximate bytes held, for DataFusion's memory accounting.
+    pub fn size(&self) -> usize {
+        self.slots.capacity() * size_of::<Slot>() + self.arena.capacity()
+    }
+
+    fn tiebreak(&self, slot: &Slot) -> Option<&str> {
+        (slot.tiebreak_len != NO_TIEBREAK).then(|| {
+            self.text(
+                slot.start + slot.value_len as usize,
+                slot.tiebreak_len as usize,
+            )
+        })
+    }
+
+    /// Arena text written by `store` from a `&str`, so always UTF-8; an empty
+    /// string stands in if that ever failed to hold.
+    fn text(&self, start: usize, len: usize) -> &str {
+        self.arena
+            .get(start..start + len)
+            .and_then(|bytes| std::str::from_utf8(bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// Drops the first `removed` slots and rewrites the arena with only the
+    /// live text of the others.
+    fn compact(&mut self, removed: usize) {
+        self.slots.drain(..removed);
+        let live: usize = self.slots.iter().map(Slot::text_len).sum();
+        let mut arena = Vec::with_capacity(live);
+        for slot in self.slots.iter_mut().filter(|slot| slot.filled) {
+            let text_len = slot.text_len();
+            let start = arena.len();
+            arena.extend_from_slice(&self.arena[slot.start..slot.start + text_len]);
+            slot.start = start;
+            // `text_len` fits: it was at most the old reservation.
+            slot.reserved = u32::try_from(text_len).unwrap_or(slot.reserved);
+        }
+        self.arena = arena;
+        self.dead_bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A straightforward model: owned strings per group.
+    type ModelPick = (String, bool, i64, Option<String>);
+
+    fn key<'a>(is_priority: bool, timestamp: i64, tiebreak: Option<&'a str>) -> PickKey<'a> {
+        PickKey {
+            is_priority,
+            timestamp,
+            tiebreak,
+        }
+    }
+
+    #[test]
+    fn priority_beats_time_and_time_beats_tiebreak() {
+        let mut slots = PickSlots::default();
+        slots.grow(1);
+        let earlier = Ordering::Less;
+        let later = Ordering::Greater;
+        assert!(slots.beats(0, &key(false, 5, Some("b")), earlier));
+        slots
+            .store(0, "kept", &key(false, 5, Some("b")))
+            .expect("stored");
+        assert!(slots.beats(0, &key(true, 9, Some("z")), earlier));
+        assert!(slots.beats(0, &key(true, 1, Some("a")), later));
+        assert!(slots.beats(0, &key(false, 4, Some("z")), earlier));
+        assert!(!slots.beats(0, &key(false, 4, Some("z")), later));
+        assert!(slots.beats(0, &key(false, 6, None), later));
+        assert!(slots.beats(0, &key(false, 5, Some("a")), earlier));
+        assert!(slots.beats(0, &key(false, 5, Some("c")), later));
+        assert!(slots.beats(0, &key(false, 5, None), earlier));
+        assert!(!slots.beats(0, &key(false, 5, Some("b")), earlier));
+        assert!(!slots.beats(0, &key(false, 5, Some("b")), later));
+        slots.store(0, "prio", &key(true, 7, None)).expect("stored");
+        assert!(!slots.beats(0, &key(false, 1, Some("a")), earlier));
+        assert!(!slots.beats(0, &key(false, 9, Some("a")), later));
+        assert!(slots.beats(0, &key(true, 7, Some("")), later));
+    }
+
+    /// Random stores of texts of varying length into random groups, with
+    /// partial drains, against the model: every kept row reads back exactly.
+    #[test]
+    fn agrees_with_owned_strings_through_replacements_and_drains() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let mut slots = PickSlots::default();
+        let mut model: Vec<Option<ModelPick>> = Vec::new();
+        for round in 0..200 {
+            let groups = 1 + next(40) as usize;
+            slots.grow(groups);
+            if model.len() < groups {
+                model.resize(groups, None);
+            }
+            for _ in 0..100 {
+                let group = next(groups as u64) as usize;
+                let value = "é".repeat(next(12) as usize) + &"v".repeat(next(30) as usize);
+                let tiebreak = (next(4) != 0).then(|| "t".repeat(next(40) as usize));
+                let row = key(next(2) == 0, next(1000) as i64, tiebreak.as_deref());
+                slots.store(group, &value, &row).expect("stored");
+                model[group] = Some((value, row.is_priority, row.timestamp, tiebreak));
+            }
+            let emit_to = if round % 3 == 0 {
+                EmitTo::All
+            } else {
+                EmitTo::First(next(model.len() as u64 + 1) as usize)
+            };
+            let expected: Vec<Option<ModelPick>> = match emit_to {
+                EmitTo::All => std::mem::take(&mut model),
+                EmitTo::First(count) => model.drain(..count).collect(),
+            };
+            let mut seen = Vec::new();
+            slots.drain(emit_to, |pick| {
+                seen.push(pick.map(|pick| {
+                    (
+                        pick.value.to_owned(),
+                        pick.is_priority,
+                        pick.timestamp,
+                        pick.tiebreak.map(str::to_owned),
+                    )
+                }))
+            });
+            assert_eq!(seen, expected, "round {round}");
+            assert_eq!(slots.len(), model.len());
+            for (group, kept) in model.iter().enumerate() {
+                let read = slots.get(group).map(|pick| {
+                    (
+                        pick.value.to_owned(),
+                        pick.is_priority,
+                        pick.timestamp,
+                        pick.tiebreak.map(str::to_owned),
+                    )
+                });
+                assert_eq!(&read, kept, "round {round}, group {group}");
+            }
+        }
+    }
+}
