@@ -26,10 +26,11 @@ use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
 };
-use crate::stable_hash::stable_hash64;
+use crate::stable_hash::stable_hash64_words;
 
 const NAME: &str = "count_distinct_where";
-const HASH_SEED: u64 = 0x5e55_1095;
+/// Seed of the value hashes (any fixed number; partial states must agree).
+pub(crate) const HASH_SEED: u64 = 0x5e55_1095;
 
 /// The `count_distinct_where` aggregate function.
 pub fn count_distinct_where_udaf() -> Arc<AggregateUDF> {
@@ -117,7 +118,7 @@ impl AggregateUDFImpl for CountDistinctWhere {
 #[derive(Debug)]
 struct Hashes;
 
-fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+pub(crate) fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
     let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
     let values = UInt64Array::from(groups.into_iter().flatten().collect::<Vec<u64>>());
     let item = Arc::new(Field::new_list_field(DataType::UInt64, false));
@@ -139,7 +140,7 @@ impl DistinctKind for Hashes {
     }
 
     fn keep(value: &str) -> u64 {
-        stable_hash64(HASH_SEED, value.as_bytes())
+        stable_hash64_words(HASH_SEED, value.as_bytes())
     }
 
     fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {

@@ -36,6 +36,7 @@ pub mod entry_exit_value;
 pub mod pick_slots;
 pub mod referring_domain_type;
 pub mod session_duration;
+pub mod session_event_counts;
 pub mod session_is_bounce;
 pub mod session_length_bucket;
 pub mod session_start;
@@ -85,6 +86,7 @@ pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
         entry_exit_value::entry_value_udaf(),
         entry_exit_value::exit_value_udaf(),
         count_distinct_where::count_distinct_where_udaf(),
+        session_event_counts::session_event_counts_udaf(),
         distinct_strings_where::distinct_strings_where_udaf(),
     ]
 }
