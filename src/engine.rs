@@ -27,6 +27,7 @@ use sessionql_udfs::SessionqlConfig;
 use crate::channel_files::ChannelFiles;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
+use crate::one_phase_sessions::OnePhaseSessions;
 use crate::session_time_filter::SessionTimeFilter;
 use crate::session_views::register_session_views;
 
@@ -440,7 +441,8 @@ pub fn session_context(
     let mut state = with_object_stores(
         SessionStateBuilder::new()
             .with_config(config)
-            .with_default_features(),
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(OnePhaseSessions)),
     )?
     .build();
     state.add_analyzer_rule(Arc::new(SessionTimeFilter));

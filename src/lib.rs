@@ -20,6 +20,7 @@ pub mod flight;
 pub mod generate;
 pub mod ingest;
 pub mod listen;
+pub mod one_phase_sessions;
 pub mod output;
 pub mod postgres;
 pub mod session_time_filter;

@@ -9,6 +9,7 @@ use datafusion::arrow::array::{Array, Int64Array, StringArray, TimestampMicrosec
 use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::datasource::MemTable;
+use datafusion::physical_plan::displayable;
 use sessionql::{Engine, SessionqlConfig, SessionqlError, session_context, use_events_table};
 
 /// Three pageviews of one user at 00:00, 00:10 and 00:50 (UTC), no session ids.
@@ -176,6 +177,70 @@ async fn counting_sessions_computes_no_session_property() {
         !plan.contains("exit_value") && !plan.contains("channel_type"),
         "{plan}"
     );
+}
+
+/// The physical plan of a query on four partitions, as text.
+async fn physical_plan(sql: &str) -> String {
+    let context = session_context(&SessionqlConfig::default(), Some(4)).unwrap();
+    use_events_table(&context, pageviews_table()).await.unwrap();
+    let plan = context
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    displayable(plan.as_ref()).indent(false).to_string()
+}
+
+#[tokio::test]
+async fn sessions_are_aggregated_in_one_phase_other_groupings_in_two() {
+    // Session properties: events go to their session's partition and are
+    // aggregated once (no partial aggregate whose states are merged).
+    let plan =
+        physical_plan("SELECT session_id, entry_current_url, event_count FROM sessions").await;
+    assert!(
+        plan.contains("AggregateExec: mode=SinglePartitioned, gby=[session_id@"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("RepartitionExec: partitioning=Hash([session_id@"),
+        "{plan}"
+    );
+    assert!(!plan.contains("mode=Partial"), "{plan}");
+    // An aggregate without session functions keeps DataFusion's two phases.
+    let plan = physical_plan("SELECT event, count(*) FROM events GROUP BY event").await;
+    assert!(plan.contains("AggregateExec: mode=Partial"), "{plan}");
+    assert!(
+        plan.contains("AggregateExec: mode=FinalPartitioned"),
+        "{plan}"
+    );
+    // Same answers on one and on four partitions: two sessions, 00:00 + 00:10
+    // (entry https://a.com/, 2 events) and 00:50 (https://a.com/end, 1 event).
+    for partitions in [1, 4] {
+        let context = session_context(&SessionqlConfig::default(), Some(partitions)).unwrap();
+        use_events_table(&context, pageviews_table()).await.unwrap();
+        let batches = context
+            .sql("SELECT entry_current_url, event_count FROM sessions ORDER BY start_timestamp")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let urls = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        let counts = batches[0]
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(urls.value(0), "https://a.com/");
+        assert_eq!(urls.value(1), "https://a.com/end");
+        assert_eq!(counts.values(), &[2, 1]);
+    }
 }
 
 #[tokio::test]
