@@ -3,7 +3,6 @@
 //! event time and whose other bits hash `distinct_id` and that time, so ids are
 //! stable across runs and machines and sort by session start.
 
-use std::fmt::Write;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, StringBuilder};
@@ -84,25 +83,29 @@ pub fn uuid_v7_from_key(unix_us: i64, key: &[u8]) -> String {
         | (rand_a << 64)
         | (UUID_VARIANT_RFC4122 << 62)
         | rand_b;
-    let hex = format!("{bits:032x}");
-    let mut uuid = String::with_capacity(36);
-    for (index, part) in [
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32],
-    ]
-    .iter()
-    .enumerate()
-    {
-        if index > 0 {
-            uuid.push('-');
-        }
-        let _ = uuid.write_str(part);
-    }
-    uuid
+    uuid_text(bits)
 }
+
+/// The canonical text of a UUID: 32 lower-case hex digits in groups of
+/// 8-4-4-4-12, written without `format!` (this runs once per derived session).
+fn uuid_text(bits: u128) -> String {
+    let mut text = [0u8; 36];
+    let mut digits = (0..32)
+        .rev()
+        .map(|index| ((bits >> (index * 4)) & 0xf) as usize);
+    for (position, slot) in text.iter_mut().enumerate() {
+        *slot = if matches!(position, 8 | 13 | 18 | 23) {
+            b'-'
+        } else {
+            digits.next().map_or(b'0', |digit| HEX_DIGITS[digit])
+        };
+    }
+    // Only ASCII hex digits and hyphens were written.
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Lower-case hexadecimal digits, by value.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 impl ScalarUDFImpl for SessionUuid {
     fn name(&self) -> &str {
@@ -135,14 +138,26 @@ impl ScalarUDFImpl for SessionUuid {
         let distinct_ids = string_arg(&arrays, 0, NAME)?;
         let starts = as_timestamp_microsecond_array(&arrays[1])?;
         let mut ids = StringBuilder::with_capacity(args.number_rows, args.number_rows * 36);
+        // Rows come from the window in (distinct_id, timestamp) order, so a
+        // session's rows are neighbours: its id is computed once and repeated.
+        let mut previous: Option<(usize, String)> = None;
         for row in 0..args.number_rows {
             if distinct_ids.is_null(row) || starts.is_null(row) {
                 ids.append_null();
-            } else {
-                ids.append_value(derived_session_uuid(
-                    distinct_ids.value(row),
-                    starts.value(row),
-                ));
+                continue;
+            }
+            let (distinct_id, start) = (distinct_ids.value(row), starts.value(row));
+            let repeated = previous.as_ref().filter(|(previous_row, _)| {
+                starts.value(*previous_row) == start
+                    && distinct_ids.value(*previous_row) == distinct_id
+            });
+            match repeated {
+                Some((_, id)) => ids.append_value(id),
+                None => {
+                    let id = derived_session_uuid(distinct_id, start);
+                    ids.append_value(&id);
+                    previous = Some((row, id));
+                }
             }
         }
         Ok(ColumnarValue::Array(Arc::new(ids.finish())))
@@ -167,5 +182,25 @@ mod tests {
         assert!(matches!(variant, b'8' | b'9' | b'a' | b'b'), "{id}");
         assert_eq!(id, derived_session_uuid("user-1", 1_704_067_200_000_000));
         assert_ne!(id, derived_session_uuid("user-2", 1_704_067_200_000_000));
+    }
+
+    #[test]
+    fn uuid_text_is_the_hyphenated_hex_of_the_bits() {
+        let mut bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        for _ in 0..1000 {
+            let hex = format!("{bits:032x}");
+            let expected = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[0..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..32]
+            );
+            assert_eq!(uuid_text(bits), expected);
+            bits = bits.rotate_left(7).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+        assert_eq!(uuid_text(0), "00000000-0000-0000-0000-000000000000");
+        assert_eq!(uuid_text(u128::MAX), "ffffffff-ffff-ffff-ffff-ffffffffffff");
     }
 }
