@@ -57,7 +57,7 @@ impl Hash for ChannelType {
 }
 
 /// The inputs of one event, as the SDK sent them.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ChannelInputs<'a> {
     /// `utm_source`
     pub utm_source: Option<&'a str>,
@@ -237,8 +237,13 @@ impl ScalarUDFImpl for ChannelType {
             array.is_valid(row).then(|| array.value(row))
         };
         let mut channels = StringBuilder::with_capacity(args.number_rows, args.number_rows * 12);
+        // Neighbouring rows often carry the same inputs (a visit's events
+        // repeat its referrer and campaign), so a row equal to the one before
+        // reuses its channel. The URL only matters to custom rules.
+        let url_matters = !rules.is_empty();
+        let mut previous: Option<(ChannelInputs<'_>, String)> = None;
         for row in 0..args.number_rows {
-            let inputs = ChannelInputs {
+            let mut inputs = ChannelInputs {
                 utm_source: value(0, row),
                 utm_medium: value(1, row),
                 utm_campaign: value(2, row),
@@ -248,7 +253,19 @@ impl ScalarUDFImpl for ChannelType {
                 gad_source: value(6, row),
                 entry_url: value(7, row),
             };
-            channels.append_value(classify(&lookup, &rules, inputs));
+            if !url_matters {
+                inputs.entry_url = None;
+            }
+            match &previous {
+                Some((previous_inputs, channel)) if *previous_inputs == inputs => {
+                    channels.append_value(channel)
+                }
+                _ => {
+                    let channel = classify(&lookup, &rules, inputs);
+                    channels.append_value(&channel);
+                    previous = Some((inputs, channel));
+                }
+            }
         }
         Ok(ColumnarValue::Array(Arc::new(channels.finish())))
     }
