@@ -538,6 +538,56 @@ fn each_half_of_the_sessions_view_skips_the_other_halfs_row_groups() {
     );
 }
 
+/// Inside each row group of the sample, rows are ordered by (`distinct_id`,
+/// `timestamp`), the order `ingest` writes, so a session's events are
+/// neighbours; both row groups hold rows (the two kinds of events).
+#[test]
+fn generated_row_groups_are_sorted_by_user_and_time() {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::TimestampMicrosecondType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample/events-0000.parquet");
+    let builder =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+    let row_groups = builder.metadata().num_row_groups();
+    assert_eq!(row_groups, 2);
+    for row_group in 0..row_groups {
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap()).unwrap();
+        let batches: Vec<RecordBatch> = builder
+            .with_row_groups(vec![row_group])
+            .build()
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let mut keys: Vec<(String, i64)> = Vec::new();
+        for batch in &batches {
+            let users = batch
+                .column_by_name("distinct_id")
+                .unwrap()
+                .as_string::<i32>();
+            let times = batch
+                .column_by_name("timestamp")
+                .unwrap()
+                .as_primitive::<TimestampMicrosecondType>();
+            for row in 0..batch.num_rows() {
+                assert!(users.is_valid(row) && times.is_valid(row));
+                keys.push((users.value(row).to_owned(), times.value(row)));
+            }
+        }
+        assert!(
+            keys.len() > 1000,
+            "row group {row_group}: {} rows",
+            keys.len()
+        );
+        assert!(
+            keys.windows(2).all(|pair| pair[0] <= pair[1]),
+            "row group {row_group} is not sorted by (distinct_id, timestamp)"
+        );
+    }
+}
+
 #[test]
 fn channel_type_benchmark_runs_and_reports() {
     let output = run(&["bench", "channel-type", "--rows", "20000", "--runs", "1"]);

@@ -20,8 +20,9 @@ pub fn default_data_directory() -> PathBuf {
 /// Version of the generator's output layout, part of the cache directory's
 /// name so that data an older `sessionql` generated is not measured as if
 /// it were today's. 2: Parquet row groups split by whether events carry a
-/// session id.
-const GENERATED_LAYOUT: u32 = 2;
+/// session id. 3: rows inside each row group sorted by (`distinct_id`,
+/// `timestamp`).
+const GENERATED_LAYOUT: u32 = 3;
 
 /// Generates `events` events of `format` with seed 1 into `directory`, unless
 /// a finished earlier run left them there.

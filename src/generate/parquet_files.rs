@@ -3,7 +3,11 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::compute::{SortColumn, lexsort_to_indices, take_record_batch};
+use datafusion::error::DataFusionError;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
@@ -21,9 +25,12 @@ const ROWS_PER_ROW_GROUP: usize = 256 * 1024;
 /// Writes rows to numbered Parquet files of at most `rows_per_file` rows.
 ///
 /// Events with an SDK session id and events without one go to separate row
-/// groups (each kind in arrival order), as `ingest` puts them in separate
-/// files: the sessions view reads the two kinds in two halves, and Parquet
-/// statistics on `session_id` let each half skip the other's row groups.
+/// groups, as `ingest` puts them in separate files: the sessions view reads
+/// the two kinds in two halves, and Parquet statistics on `session_id` let
+/// each half skip the other's row groups. Row groups follow one another in
+/// arrival order (late events land in later ones); inside each, rows are
+/// sorted by (`distinct_id`, `timestamp`), the order `ingest` writes, so a
+/// session's events are neighbours.
 pub struct ParquetFiles {
     directory: PathBuf,
     rows_per_file: usize,
@@ -74,7 +81,7 @@ impl ParquetFiles {
         if self.pending[kind].is_empty() {
             return Ok(());
         }
-        let batch = self.pending[kind].finish()?;
+        let batch = sorted_for_sessions(&self.pending[kind].finish()?)?;
         if self.current.is_none() {
             let name = format!("events-{:04}.parquet", self.written.len());
             let final_path = self.directory.join(&name);
@@ -119,4 +126,27 @@ impl ParquetFiles {
         self.finish_file()?;
         Ok(self.written)
     }
+}
+
+/// The rows of a row group ordered by (`distinct_id`, `timestamp`).
+fn sorted_for_sessions(batch: &RecordBatch) -> Result<RecordBatch> {
+    let key = ["distinct_id", "timestamp"]
+        .into_iter()
+        .map(|name| {
+            batch
+                .column_by_name(name)
+                .map(|values| SortColumn {
+                    values: Arc::clone(values),
+                    options: None,
+                })
+                .ok_or_else(|| {
+                    SessionqlError::Query(DataFusionError::Internal(format!(
+                        "generated rows lack the {name} column"
+                    )))
+                })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let order =
+        lexsort_to_indices(&key, None).map_err(|error| SessionqlError::Query(error.into()))?;
+    take_record_batch(batch, &order).map_err(|error| SessionqlError::Query(error.into()))
 }
