@@ -37,7 +37,7 @@ struct ChunkedArena {
 
 impl ChunkedArena {
     /// Appends `first` then `second` contiguously; returns their place.
-    fn push(&mut self, first: &[u8], second: &[u8]) -> usize {
+    fn push(&mut self, first: &[u8], second: &[u8]) -> u64 {
         let needed = first.len() + second.len();
         let fits = self
             .chunks
@@ -53,24 +53,28 @@ impl ChunkedArena {
         chunk.extend_from_slice(first);
         chunk.extend_from_slice(second);
         self.written += needed;
-        (index << 32) | offset
+        // A chunk holds less than 4 GiB: texts are at most `u32::MAX` bytes.
+        ((index as u64) << 32) | offset as u64
     }
 
-    fn bytes(&self, place: usize, len: usize) -> Option<&[u8]> {
-        let offset = place & 0xffff_ffff;
-        self.chunks.get(place >> 32)?.get(offset..offset + len)
+    fn bytes(&self, place: u64, len: usize) -> Option<&[u8]> {
+        let (index, offset) = chunk_and_offset(place);
+        self.chunks.get(index)?.get(offset..offset + len)
     }
 
-    fn bytes_mut(&mut self, place: usize, len: usize) -> Option<&mut [u8]> {
-        let offset = place & 0xffff_ffff;
-        self.chunks
-            .get_mut(place >> 32)?
-            .get_mut(offset..offset + len)
+    fn bytes_mut(&mut self, place: u64, len: usize) -> Option<&mut [u8]> {
+        let (index, offset) = chunk_and_offset(place);
+        self.chunks.get_mut(index)?.get_mut(offset..offset + len)
     }
 
     fn capacity(&self) -> usize {
         self.chunks.iter().map(Vec::capacity).sum()
     }
+}
+
+/// The chunk index and the offset in it of an arena place.
+fn chunk_and_offset(place: u64) -> (usize, usize) {
+    ((place >> 32) as usize, (place & 0xffff_ffff) as usize)
 }
 
 /// The ordering key of one row: what decides between two candidates.
@@ -89,7 +93,7 @@ pub struct PickKey<'a> {
 struct Slot {
     timestamp: i64,
     /// Place of the value's bytes in the arena; the tiebreak follows them.
-    start: usize,
+    start: u64,
     value_len: u32,
     /// Tiebreak length, or [`NO_TIEBREAK`].
     tiebreak_len: u32,
@@ -260,7 +264,7 @@ impl PickSlots {
     fn tiebreak(&self, slot: &Slot) -> Option<&str> {
         (slot.tiebreak_len != NO_TIEBREAK).then(|| {
             self.text(
-                slot.start + slot.value_len as usize,
+                slot.start + u64::from(slot.value_len),
                 slot.tiebreak_len as usize,
             )
         })
@@ -268,7 +272,7 @@ impl PickSlots {
 
     /// Arena text written by `store` from a `&str`, so always UTF-8; an empty
     /// string stands in if that ever failed to hold.
-    fn text(&self, start: usize, len: usize) -> &str {
+    fn text(&self, start: u64, len: usize) -> &str {
         self.arena
             .bytes(start, len)
             .and_then(|bytes| std::str::from_utf8(bytes).ok())
