@@ -45,10 +45,12 @@ fn query_prints_an_aligned_table() {
         "query",
         "--events",
         events.to_str().unwrap(),
-        "SELECT entry_pathname, channel_type, session_duration FROM sessions ORDER BY start_timestamp",
+        "SELECT entry_pathname, channel_type, session_duration FROM sessions \
+         ORDER BY start_timestamp, entry_pathname",
     ]);
     assert!(output.status.success(), "{}", stderr(&output));
-    // e4's time is 01:00+01:00, i.e. midnight UTC: the first session.
+    // e4's time is 01:00+01:00, i.e. midnight UTC, the same start as u1's
+    // first session (e1): the pathname decides between the two.
     let expected = "\
 +----------------+----------------+------------------+
 | entry_pathname | channel_type   | session_duration |
