@@ -12,7 +12,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{ArrayRef, Int64Array, ListArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, ListArray, UInt64Array};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_uint64_array;
@@ -25,6 +25,7 @@ use datafusion::logical_expr::{
 use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
+    for_each_qualifying_row,
 };
 use crate::stable_hash::stable_hash64_words;
 
@@ -118,6 +119,12 @@ impl AggregateUDFImpl for CountDistinctWhere {
 #[derive(Debug)]
 struct Hashes;
 
+/// The hashes inside one partial-state list.
+pub(crate) fn hashes_from_state(list: &ArrayRef) -> Result<Vec<u64>> {
+    Ok(as_uint64_array(list)?.values().to_vec())
+}
+
+/// Partial states of hash-keeping aggregates: one list of hashes per group.
 pub(crate) fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
     let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
     let values = UInt64Array::from(groups.into_iter().flatten().collect::<Vec<u64>>());
@@ -139,12 +146,18 @@ impl DistinctKind for Hashes {
         0
     }
 
-    fn keep(value: &str) -> u64 {
-        stable_hash64_words(HASH_SEED, value.as_bytes())
+    fn for_each_kept(
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+        mut add: impl FnMut(usize, u64),
+    ) -> Result<()> {
+        for_each_qualifying_row(values, opt_filter, NAME, |row, value| {
+            add(row, stable_hash64_words(HASH_SEED, value.as_bytes()))
+        })
     }
 
     fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {
-        Ok(as_uint64_array(list)?.values().to_vec())
+        hashes_from_state(list)
     }
 
     fn to_state(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {

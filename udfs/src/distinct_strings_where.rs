@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{ArrayRef, ListArray, StringArray};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray, StringArray};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_string_array;
@@ -19,6 +19,7 @@ use datafusion::logical_expr::{
 use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
+    for_each_qualifying_row,
 };
 
 const NAME: &str = "distinct_strings_where";
@@ -134,8 +135,14 @@ impl DistinctKind for Strings {
         value.capacity()
     }
 
-    fn keep(value: &str) -> String {
-        value.to_string()
+    fn for_each_kept(
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+        mut add: impl FnMut(usize, String),
+    ) -> Result<()> {
+        for_each_qualifying_row(values, opt_filter, NAME, |row, value| {
+            add(row, value.to_string())
+        })
     }
 
     fn from_state(list: &ArrayRef) -> Result<Vec<String>> {

@@ -1,7 +1,7 @@
-//! The shared machinery of the "distinct values where a condition holds"
-//! aggregates (`count_distinct_where`, `distinct_strings_where`): which rows
-//! qualify, and one GroupsAccumulator / Accumulator pair generic over what is
-//! kept per value and what is returned. Each function only says that.
+//! The shared machinery of the distinct-value aggregates
+//! (`count_distinct_where`, `distinct_strings_where`, `session_event_counts`):
+//! one GroupsAccumulator / Accumulator pair generic over which rows count,
+//! what is kept per value and what is returned. Each function only says that.
 
 use std::fmt::Debug;
 use std::marker::PhantomData;
@@ -24,8 +24,13 @@ pub trait DistinctKind: Debug + Send + Sync + 'static {
     const NAME: &'static str;
     /// Heap bytes of one kept value, for memory accounting.
     fn weigh(value: &Self::Value) -> usize;
-    /// The kept form of an input string.
-    fn keep(value: &str) -> Self::Value;
+    /// Calls `add(row, kept value)` for each input row that contributes a
+    /// value and that `opt_filter` keeps.
+    fn for_each_kept(
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+        add: impl FnMut(usize, Self::Value),
+    ) -> Result<()>;
     /// The kept values inside one partial-state list.
     fn from_state(list: &ArrayRef) -> Result<Vec<Self::Value>>;
     /// Partial states: one list per group.
@@ -49,11 +54,11 @@ pub fn coerce_value_and_condition(function: &str, arg_types: &[DataType]) -> Res
     }
 }
 
-/// Calls `add(group, value)` for each input row whose condition is true, whose
-/// value is not null and which `opt_filter` keeps.
-fn for_each_qualifying_row(
+/// For the (value, condition) aggregates: calls `add(row, value)` for each
+/// input row whose condition is true, whose value is not null and which
+/// `opt_filter` keeps.
+pub fn for_each_qualifying_row(
     values: &[ArrayRef],
-    group_indices: &[usize],
     opt_filter: Option<&BooleanArray>,
     function: &str,
     mut add: impl FnMut(usize, &str),
@@ -63,12 +68,12 @@ fn for_each_qualifying_row(
     };
     let strings = as_string_array(strings)?;
     let conditions = as_boolean_array(conditions)?;
-    for (row, &group) in group_indices.iter().enumerate() {
+    for row in 0..strings.len() {
         let filtered_out =
             opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
         let qualifies = conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
         if qualifies && !filtered_out {
-            add(group, strings.value(row));
+            add(row, strings.value(row));
         }
     }
     Ok(())
@@ -100,15 +105,9 @@ impl<K: DistinctKind> DistinctGroups<K> {
     ) -> Result<()> {
         self.values.grow(total_num_groups);
         let groups = &mut self.values;
-        for_each_qualifying_row(
-            values,
-            group_indices,
-            opt_filter,
-            K::NAME,
-            |group, value| {
-                groups.add(group, K::keep(value));
-            },
-        )
+        K::for_each_kept(values, opt_filter, |row, value| {
+            groups.add(group_indices[row], value)
+        })
     }
 
     fn fold_states(

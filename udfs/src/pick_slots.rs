@@ -147,16 +147,6 @@ impl PickSlots {
         }
     }
 
-    /// Number of groups with a slot.
-    pub fn len(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// True when no group has a slot.
-    pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
-    }
-
     /// True when `candidate` should replace the group's kept row (or the
     /// group has none): a priority row beats a non-priority one; between
     /// rows of equal priority, the one whose (time, tiebreak) compares to
@@ -425,7 +415,7 @@ mod tests {
                 }))
             });
             assert_eq!(seen, expected, "round {round}");
-            assert_eq!(slots.len(), model.len());
+            assert_eq!(slots.slots.len(), model.len());
             for (group, kept) in model.iter().enumerate() {
                 let read = slots.get(group).map(|pick| {
                     (

@@ -12,22 +12,18 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, Int64Array, ListArray, StructArray, UInt64Array,
-};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StructArray};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Fields};
-use datafusion::common::cast::{as_list_array, as_string_array, as_uint64_array};
+use datafusion::common::cast::as_string_array;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
-    Signature,
+    Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
-use crate::count_distinct_where::{HASH_SEED, hashes_to_list};
-use crate::dedup_groups::DedupGroups;
+use crate::count_distinct_where::{HASH_SEED, hashes_from_state, hashes_to_list};
+use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
 use crate::stable_hash::stable_hash64_words;
 
 const NAME: &str = "session_event_counts";
@@ -145,7 +141,7 @@ impl AggregateUDFImpl for SessionEventCounts {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleEventCounts::default()))
+        Ok(Box::new(SingleDistinct::<KindedHashes>::default()))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
@@ -165,7 +161,7 @@ impl AggregateUDFImpl for SessionEventCounts {
         &self,
         _args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(EventCountGroups::default()))
+        Ok(Box::new(DistinctGroups::<KindedHashes>::default()))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
@@ -206,158 +202,50 @@ fn counts_array(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
     )?))
 }
 
-/// Per-group kept values, for `GROUP BY session_id`.
+/// Keeps each row's uuid hash with its event kind; answers with the counts.
 #[derive(Debug)]
-struct EventCountGroups {
-    kept: DedupGroups<u64>,
-}
+struct KindedHashes;
 
-impl Default for EventCountGroups {
-    fn default() -> Self {
-        Self {
-            kept: DedupGroups::new(|_| 0),
-        }
+impl DistinctKind for KindedHashes {
+    type Value = u64;
+    const NAME: &'static str = NAME;
+
+    fn weigh(_value: &u64) -> usize {
+        0
     }
-}
 
-/// Calls `add(row, kept value)` for each row with a uuid that `opt_filter` keeps.
-fn for_each_counted_row(
-    values: &[ArrayRef],
-    opt_filter: Option<&BooleanArray>,
-    mut add: impl FnMut(usize, u64),
-) -> Result<()> {
-    let [uuids, events] = values else {
-        return exec_err!("{NAME}: expected 2 input columns, got {}", values.len());
-    };
-    let uuids = as_string_array(uuids)?;
-    let events = as_string_array(events)?;
-    for row in 0..uuids.len() {
-        let filtered_out =
-            opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
-        if filtered_out || uuids.is_null(row) {
-            continue;
-        }
-        let event = events.is_valid(row).then(|| events.value(row));
-        add(row, keep(uuids.value(row), event));
-    }
-    Ok(())
-}
-
-impl GroupsAccumulator for EventCountGroups {
-    fn update_batch(
-        &mut self,
+    /// Every row with a uuid counts (its event, null or not, only picks the kind).
+    fn for_each_kept(
         values: &[ArrayRef],
-        group_indices: &[usize],
         opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
+        mut add: impl FnMut(usize, u64),
     ) -> Result<()> {
-        self.kept.grow(total_num_groups);
-        let kept = &mut self.kept;
-        for_each_counted_row(values, opt_filter, |row, value| {
-            kept.add(group_indices[row], value)
-        })
-    }
-
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        counts_array(self.kept.take(emit_to))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![hashes_to_list(self.kept.take(emit_to))?])
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        let Some(lists) = values.first() else {
-            return exec_err!("{NAME}: missing state column");
+        let [uuids, events] = values else {
+            return exec_err!("{NAME}: expected 2 input columns, got {}", values.len());
         };
-        let lists = as_list_array(lists)?;
-        self.kept.grow(total_num_groups);
-        for (row, &group) in group_indices.iter().enumerate() {
-            if lists.is_null(row) {
+        let uuids = as_string_array(uuids)?;
+        let events = as_string_array(events)?;
+        for row in 0..uuids.len() {
+            let filtered_out =
+                opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
+            if filtered_out || uuids.is_null(row) {
                 continue;
             }
-            for &value in as_uint64_array(&lists.value(row))?.values() {
-                self.kept.add(group, value);
-            }
+            let event = events.is_valid(row).then(|| events.value(row));
+            add(row, keep(uuids.value(row), event));
         }
         Ok(())
     }
 
-    /// Each input row as a state row: a list of its one kept value, or an
-    /// empty list when it has no uuid or the filter drops it.
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = values.first().map_or(0, |column| column.len());
-        let mut lengths = vec![0usize; rows];
-        let mut kept = Vec::with_capacity(rows);
-        for_each_counted_row(values, opt_filter, |row, value| {
-            lengths[row] = 1;
-            kept.push(value);
-        })?;
-        let item = Arc::new(Field::new_list_field(DataType::UInt64, false));
-        let list = ListArray::try_new(
-            item,
-            OffsetBuffer::from_lengths(lengths),
-            Arc::new(UInt64Array::from(kept)),
-            None,
-        )?;
-        Ok(vec![Arc::new(list)])
+    fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {
+        hashes_from_state(list)
     }
 
-    fn size(&self) -> usize {
-        self.kept.size()
-    }
-}
-
-/// The same aggregate without `GROUP BY` (one group).
-#[derive(Debug, Default)]
-struct SingleEventCounts {
-    groups: EventCountGroups,
-}
-
-impl SingleEventCounts {
-    /// The one group's distinct kept values, kept for later batches.
-    fn current(&mut self) -> Vec<u64> {
-        let kept = self.groups.kept.take(EmitTo::All).pop().unwrap_or_default();
-        self.groups.kept.grow(1);
-        for value in &kept {
-            self.groups.kept.add(0, *value);
-        }
-        kept
-    }
-}
-
-impl Accumulator for SingleEventCounts {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let rows = values.first().map_or(0, |column| column.len());
-        self.groups.update_batch(values, &vec![0; rows], None, 1)
+    fn to_state(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+        hashes_to_list(groups)
     }
 
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let rows = states.first().map_or(0, |column| column.len());
-        self.groups.merge_batch(states, &vec![0; rows], 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        ScalarValue::try_from_array(&counts_array(vec![self.current()])?, 0)
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        Ok(vec![ScalarValue::try_from_array(
-            &hashes_to_list(vec![self.current()])?,
-            0,
-        )?])
-    }
-
-    fn size(&self) -> usize {
-        std::mem::size_of::<Self>() + self.groups.size()
+    fn finish(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+        counts_array(groups)
     }
 }
