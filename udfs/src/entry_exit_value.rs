@@ -262,12 +262,8 @@ impl PickGroups {
     }
 
     /// The values of the groups `emit_to` names, removed from the state.
-    fn take_values(&mut self, emit_to: EmitTo) -> ArrayRef {
-        let mut values = StringBuilder::new();
-        self.picks.drain(emit_to, |pick| {
-            values.append_option(pick.map(|pick| pick.value))
-        });
-        Arc::new(values.finish())
+    fn take_values(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        Ok(Arc::new(self.picks.drain_values(emit_to)?))
     }
 
     /// The partial states of the groups `emit_to` names, removed.
@@ -303,7 +299,7 @@ impl GroupsAccumulator for PickGroups {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        Ok(self.take_values(emit_to))
+        self.take_values(emit_to)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {

@@ -13,6 +13,8 @@
 use std::cmp::Ordering;
 use std::mem::size_of;
 
+use datafusion::arrow::array::StringArray;
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 
@@ -159,10 +161,14 @@ impl PickSlots {
         if slot.is_priority != candidate.is_priority {
             return candidate.is_priority;
         }
-        let order = candidate
-            .timestamp
-            .cmp(&slot.timestamp)
-            .then_with(|| candidate.tiebreak.cmp(&self.tiebreak(slot)));
+        let order = candidate.timestamp.cmp(&slot.timestamp).then_with(|| {
+            // Byte order is `str` order; comparing bytes skips the UTF-8
+            // check reading the kept text back as `str` would do.
+            let kept = self
+                .tiebreak_range(slot)
+                .and_then(|(start, len)| self.arena.bytes(start, len));
+            candidate.tiebreak.map(str::as_bytes).cmp(&kept)
+        });
         order == wins
     }
 
@@ -230,13 +236,60 @@ impl PickSlots {
     /// Calls `visit` with the kept rows of the groups `emit_to` names, in
     /// group order, then removes those groups (later groups move down).
     pub fn drain(&mut self, emit_to: EmitTo, mut visit: impl FnMut(Option<KeptPick<'_>>)) {
-        let taken = match emit_to {
-            EmitTo::All => self.slots.len(),
-            EmitTo::First(count) => count.min(self.slots.len()),
-        };
+        let taken = self.taken(emit_to);
         for group in 0..taken {
             visit(self.get(group));
         }
+        self.remove_first(taken);
+    }
+
+    /// The kept values of the groups `emit_to` names, as one string array
+    /// (null for a group without a pick), then removes those groups. The
+    /// text is checked as UTF-8 once for the whole array, not value by value
+    /// as [`PickSlots::get`] does.
+    pub fn drain_values(&mut self, emit_to: EmitTo) -> Result<StringArray> {
+        let taken = self.taken(emit_to);
+        let slots = &self.slots[..taken];
+        let text_bytes = slots
+            .iter()
+            .filter(|slot| slot.filled)
+            .map(|slot| slot.value_len as usize)
+            .sum();
+        let mut text = Vec::with_capacity(text_bytes);
+        let mut offsets = Vec::with_capacity(taken + 1);
+        offsets.push(0i32);
+        for slot in slots {
+            if slot.filled
+                && let Some(value) = self.arena.bytes(slot.start, slot.value_len as usize)
+            {
+                text.extend_from_slice(value);
+            }
+            let Ok(offset) = i32::try_from(text.len()) else {
+                return exec_err!("entry_value/exit_value: more than 2 GiB of values in one batch");
+            };
+            offsets.push(offset);
+        }
+        let filled = BooleanBuffer::collect_bool(taken, |group| slots[group].filled);
+        let nulls = Some(NullBuffer::new(filled)).filter(|nulls| nulls.null_count() > 0);
+        let values = StringArray::try_new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(text),
+            nulls,
+        )?;
+        self.remove_first(taken);
+        Ok(values)
+    }
+
+    /// How many groups, from the first, `emit_to` names.
+    fn taken(&self, emit_to: EmitTo) -> usize {
+        match emit_to {
+            EmitTo::All => self.slots.len(),
+            EmitTo::First(count) => count.min(self.slots.len()),
+        }
+    }
+
+    /// Removes the first `taken` groups (later groups move down).
+    fn remove_first(&mut self, taken: usize) {
         if taken == self.slots.len() {
             self.slots.clear();
             self.arena = ChunkedArena::default();
@@ -252,8 +305,14 @@ impl PickSlots {
     }
 
     fn tiebreak(&self, slot: &Slot) -> Option<&str> {
+        self.tiebreak_range(slot)
+            .map(|(start, len)| self.text(start, len))
+    }
+
+    /// Where a slot's tiebreak text is in the arena, if it has one.
+    fn tiebreak_range(&self, slot: &Slot) -> Option<(u64, usize)> {
         (slot.tiebreak_len != NO_TIEBREAK).then(|| {
-            self.text(
+            (
                 slot.start + u64::from(slot.value_len),
                 slot.tiebreak_len as usize,
             )
@@ -368,7 +427,8 @@ mod tests {
     }
 
     /// Random stores of texts of varying length into random groups, with
-    /// partial drains, against the model: every kept row reads back exactly.
+    /// partial drains (whole picks, or values only), against the model:
+    /// every kept row reads back exactly.
     #[test]
     fn agrees_with_owned_strings_through_replacements_and_drains() {
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
@@ -403,18 +463,31 @@ mod tests {
                 EmitTo::All => std::mem::take(&mut model),
                 EmitTo::First(count) => model.drain(..count).collect(),
             };
-            let mut seen = Vec::new();
-            slots.drain(emit_to, |pick| {
-                seen.push(pick.map(|pick| {
-                    (
-                        pick.value.to_owned(),
-                        pick.is_priority,
-                        pick.timestamp,
-                        pick.tiebreak.map(str::to_owned),
-                    )
-                }))
-            });
-            assert_eq!(seen, expected, "round {round}");
+            if round % 2 == 0 {
+                let mut seen = Vec::new();
+                slots.drain(emit_to, |pick| {
+                    seen.push(pick.map(|pick| {
+                        (
+                            pick.value.to_owned(),
+                            pick.is_priority,
+                            pick.timestamp,
+                            pick.tiebreak.map(str::to_owned),
+                        )
+                    }))
+                });
+                assert_eq!(seen, expected, "round {round}");
+            } else {
+                let values = slots.drain_values(emit_to).expect("drained");
+                let expected_values: Vec<Option<&str>> = expected
+                    .iter()
+                    .map(|pick| pick.as_ref().map(|pick| pick.0.as_str()))
+                    .collect();
+                assert_eq!(
+                    values.iter().collect::<Vec<_>>(),
+                    expected_values,
+                    "round {round}"
+                );
+            }
             assert_eq!(slots.slots.len(), model.len());
             for (group, kept) in model.iter().enumerate() {
                 let read = slots.get(group).map(|pick| {

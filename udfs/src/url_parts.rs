@@ -65,14 +65,17 @@ pub struct UrlParts<'a> {
 
 /// Splits a URL by RFC 3986's generic syntax, without validating it: event
 /// URLs come from browsers and apps, and a lenient split beats a NULL.
+///
+/// Scans bytes, not chars: every delimiter is ASCII, so each index found is a
+/// char boundary (this runs four times per session row).
 pub fn split_url(url: &str) -> UrlParts<'_> {
-    let after_scheme = match url.find("://") {
-        Some(index) if is_scheme(&url[..index]) => Some(&url[index + 3..]),
+    let after_scheme = match scheme_len(url) {
+        Some(len) if url[len..].starts_with("://") => Some(&url[len + 3..]),
         _ => url.strip_prefix("//"),
     };
     let (hostname, rest) = match after_scheme {
         Some(rest) => {
-            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority_end = first_byte_of(rest, b"/?#");
             (
                 host_of_authority(&rest[..authority_end]),
                 &rest[authority_end..],
@@ -80,19 +83,31 @@ pub fn split_url(url: &str) -> UrlParts<'_> {
         }
         None => (None, url),
     };
-    let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
     UrlParts {
         hostname,
-        pathname: &rest[..path_end],
+        pathname: &rest[..first_byte_of(rest, b"?#")],
     }
 }
 
-fn is_scheme(candidate: &str) -> bool {
-    let mut chars = candidate.chars();
-    chars
-        .next()
-        .is_some_and(|first| first.is_ascii_alphabetic())
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+/// Length of the scheme `url` starts with (RFC 3986: a letter, then letters,
+/// digits, `+`, `-` or `.`), if it starts with one.
+fn scheme_len(url: &str) -> Option<usize> {
+    let bytes = url.as_bytes();
+    if !bytes.first()?.is_ascii_alphabetic() {
+        return None;
+    }
+    let len = bytes
+        .iter()
+        .position(|&byte| !(byte.is_ascii_alphanumeric() || matches!(byte, b'+' | b'-' | b'.')))
+        .unwrap_or(bytes.len());
+    Some(len)
+}
+
+/// Index of the first byte of `text` that is one of `delimiters`, or its length.
+fn first_byte_of(text: &str, delimiters: &[u8]) -> usize {
+    text.bytes()
+        .position(|byte| delimiters.contains(&byte))
+        .unwrap_or(text.len())
 }
 
 fn host_of_authority(authority: &str) -> Option<&str> {
@@ -113,6 +128,66 @@ fn host_of_authority(authority: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The split as first written, with `str::find`: the byte scan must agree.
+    fn split_by_find(url: &str) -> UrlParts<'_> {
+        let is_scheme = |candidate: &str| {
+            let mut chars = candidate.chars();
+            chars
+                .next()
+                .is_some_and(|first| first.is_ascii_alphabetic())
+                && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+        };
+        let after_scheme = match url.find("://") {
+            Some(index) if is_scheme(&url[..index]) => Some(&url[index + 3..]),
+            _ => url.strip_prefix("//"),
+        };
+        let (hostname, rest) = match after_scheme {
+            Some(rest) => {
+                let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+                (host_of_authority(&rest[..end]), &rest[end..])
+            }
+            None => (None, url),
+        };
+        let path_end = rest.find(['?', '#']).unwrap_or(rest.len());
+        UrlParts {
+            hostname,
+            pathname: &rest[..path_end],
+        }
+    }
+
+    #[test]
+    fn byte_scan_agrees_with_the_find_based_split() {
+        let urls = [
+            "",
+            "/",
+            "//",
+            "///x",
+            "://a.com/x",
+            "a://b",
+            "1a://b/c",
+            "a:b://x/y",
+            "https://a.com",
+            "https://a.com?x",
+            "https://a.com#f/g",
+            "https://é.fr/ü?q#f",
+            "HTTP+x-y.z://h:1/p",
+            "mailto:me@a.com",
+            "h ttps://a.com/x",
+            "https:/a.com/x",
+            "https://u@[::1]:8/p?q",
+            "/pricing?x#y",
+            "pricing",
+            "?q=1",
+            "#only",
+            "https://a.com/x://y",
+            "ftp://a.com:21",
+            "//cdn.a.com/x",
+        ];
+        for url in urls {
+            assert_eq!(split_url(url), split_by_find(url), "{url:?}");
+        }
+    }
 
     #[test]
     fn splits_the_spec_example() {
