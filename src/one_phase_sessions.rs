@@ -13,7 +13,8 @@
 //! once in memory.
 //!
 //! The rule rewrites only aggregates that use sessionql's per-session
-//! functions (`entry_value`, `exit_value`, `session_event_counts`); any
+//! functions (`entry_value`, `exit_value`, `entry_channel_type`,
+//! `session_event_counts`); any
 //! other `GROUP BY` keeps DataFusion's plan. It is a local engine rule: a
 //! Ballista cluster plans with its own rules and keeps two phases, which save
 //! network traffic there.
@@ -31,7 +32,12 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 
 /// Aggregate functions whose groups are sessions: an aggregate using one of
 /// them is planned in one phase.
-const SESSION_AGGREGATES: [&str; 3] = ["entry_value", "exit_value", "session_event_counts"];
+const SESSION_AGGREGATES: [&str; 4] = [
+    "entry_value",
+    "exit_value",
+    "entry_channel_type",
+    "session_event_counts",
+];
 
 /// The physical optimizer rule; see the module documentation.
 #[derive(Debug, Default)]

@@ -104,8 +104,8 @@ FROM (
         count_distinct_where(current_url, is_page) AS num_uniq_urls,
         exit_value(external_click_url, false, timestamp, uuid) AS last_external_click_url,
         bool_or(event = '$autocapture') AS has_autocapture,
-        entry_value(
-            channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source, current_url),
+        entry_channel_type(
+            utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid, gad_source, current_url,
             is_page, timestamp, uuid
         ) AS channel_type
     FROM (

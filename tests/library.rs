@@ -268,6 +268,78 @@ async fn json_properties_are_reachable() {
 /// PostHog's own channel table, from the team's shared reference data: loaded
 /// in its format, it must classify as its rows say. Each expected value is read
 /// off the table's row for that key (or its registrable domain) and spec §4.
+/// Sessions whose `entry_channel_type` differs from `entry_value` over
+/// `channel_type` (what it replaces in the sessions view).
+const FUSED_AND_PICKED_CHANNELS_DIFFER: &str = "SELECT count(*) FROM (
+  SELECT session_id,
+    entry_channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid,
+      gad_source, current_url, event IN ('$pageview', '$screen'), timestamp, uuid) AS fused,
+    entry_value(channel_type(utm_source, utm_medium, utm_campaign, referring_domain, gclid, fbclid,
+      gad_source, current_url), event IN ('$pageview', '$screen'), timestamp, uuid) AS picked
+  FROM session_events GROUP BY session_id
+) WHERE fused IS DISTINCT FROM picked";
+
+/// `entry_channel_type` works out the channel only for entry rows; it must
+/// give what `channel_type` on every event then `entry_value` gives, on every
+/// session of the shipped sample, with the built-in table, with custom rules
+/// (which read the URL) and with a replacement table, on one and on four
+/// partitions (so through the merge of partial states too).
+#[tokio::test]
+async fn entry_channel_type_is_entry_value_over_channel_type() {
+    for partitions in [1, 4] {
+        let engine = Engine::builder()
+            .target_partitions(partitions)
+            .build()
+            .await
+            .unwrap();
+        let context = engine.context();
+        assert!(single_count(context, "SELECT count(*) FROM sessions").await > 4000);
+        assert_eq!(
+            single_count(context, FUSED_AND_PICKED_CHANNELS_DIFFER).await,
+            0
+        );
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/channels");
+        for setting in [
+            format!("SET sessionql.channel_rules = '{data}/rules.json'"),
+            format!("SET sessionql.channel_definitions = '{data}/definitions.json'"),
+        ] {
+            context.sql(&setting).await.unwrap().collect().await.unwrap();
+            assert_eq!(
+                single_count(context, FUSED_AND_PICKED_CHANNELS_DIFFER).await,
+                0,
+                "{setting}, {partitions} partitions"
+            );
+        }
+        // The settings change the answer, so the comparison above compared
+        // something: with rules and the replacement table, some channel moves.
+        let with_settings = single_count(
+            context,
+            "SELECT count(*) FROM sessions WHERE channel_type = 'Organic Search'",
+        )
+        .await;
+        context
+            .sql("SET sessionql.channel_definitions = ''")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        context
+            .sql("SET sessionql.channel_rules = ''")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let built_in = single_count(
+            context,
+            "SELECT count(*) FROM sessions WHERE channel_type = 'Organic Search'",
+        )
+        .await;
+        assert_ne!(with_settings, built_in);
+    }
+}
+
 #[tokio::test]
 async fn posthog_channel_definitions_load_when_shared_data_is_present() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

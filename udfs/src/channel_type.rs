@@ -77,6 +77,34 @@ pub struct ChannelInputs<'a> {
     pub entry_url: Option<&'a str>,
 }
 
+/// How many inputs `channel_type` reads: seven event properties and the URL.
+pub const CHANNEL_INPUT_COUNT: usize = 8;
+
+/// The inputs of `row` from the argument columns, in `channel_type`'s order
+/// (a missing eighth column reads as no URL). The URL is left out unless it
+/// matters (only custom rules read it), so rows differing only in their URL
+/// compare equal and can share a channel.
+pub fn channel_inputs_at(
+    columns: &[StringArray],
+    row: usize,
+    url_matters: bool,
+) -> ChannelInputs<'_> {
+    let value = |column: usize| {
+        let array = columns.get(column)?;
+        array.is_valid(row).then(|| array.value(row))
+    };
+    ChannelInputs {
+        utm_source: value(0),
+        utm_medium: value(1),
+        utm_campaign: value(2),
+        referring_domain: value(3),
+        gclid: value(4),
+        fbclid: value(5),
+        gad_source: value(6),
+        entry_url: if url_matters { value(7) } else { None },
+    }
+}
+
 /// Lower-cases a utm field and reads `''`/`'null'` as missing.
 fn normalised(value: Option<&str>) -> Option<String> {
     value.and_then(blank_to_null).map(str::to_lowercase)
@@ -232,10 +260,6 @@ impl ScalarUDFImpl for ChannelType {
         let columns = (0..arrays.len())
             .map(|index| string_arg(&arrays, index, NAME))
             .collect::<Result<Vec<StringArray>>>()?;
-        let value = |column: usize, row: usize| {
-            let array = columns.get(column)?;
-            array.is_valid(row).then(|| array.value(row))
-        };
         let mut channels = StringBuilder::with_capacity(args.number_rows, args.number_rows * 12);
         // Neighbouring rows often carry the same inputs (a visit's events
         // repeat its referrer and campaign), so a row equal to the one before
@@ -243,19 +267,7 @@ impl ScalarUDFImpl for ChannelType {
         let url_matters = !rules.is_empty();
         let mut previous: Option<(ChannelInputs<'_>, String)> = None;
         for row in 0..args.number_rows {
-            let mut inputs = ChannelInputs {
-                utm_source: value(0, row),
-                utm_medium: value(1, row),
-                utm_campaign: value(2, row),
-                referring_domain: value(3, row),
-                gclid: value(4, row),
-                fbclid: value(5, row),
-                gad_source: value(6, row),
-                entry_url: value(7, row),
-            };
-            if !url_matters {
-                inputs.entry_url = None;
-            }
+            let inputs = channel_inputs_at(&columns, row, url_matters);
             match &previous {
                 Some((previous_inputs, channel)) if *previous_inputs == inputs => {
                     channels.append_value(channel)

@@ -17,7 +17,8 @@ use std::mem::size_of;
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, BooleanArray, BooleanBuilder, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, BooleanBuilder, StringArray, StringBuilder,
+    TimestampMicrosecondArray, TimestampMicrosecondBuilder,
 };
 use datafusion::arrow::compute::kernels::boolean::not;
 use datafusion::arrow::compute::{nullif, prep_null_mask_filter};
@@ -43,6 +44,28 @@ pub enum PickDirection {
     Entry,
     /// Prio-last: largest timestamp, largest tiebreak.
     Exit,
+}
+
+/// The partial state of a pick: the kept value and its ordering key.
+pub(crate) fn pick_state_fields(name: &str) -> Vec<FieldRef> {
+    vec![
+        Arc::new(Field::new(format!("{name}[value]"), DataType::Utf8, true)),
+        Arc::new(Field::new(
+            format!("{name}[is_priority]"),
+            DataType::Boolean,
+            true,
+        )),
+        Arc::new(Field::new(
+            format!("{name}[timestamp]"),
+            timestamp_us_utc(),
+            true,
+        )),
+        Arc::new(Field::new(
+            format!("{name}[tiebreak]"),
+            DataType::Utf8,
+            true,
+        )),
+    ]
 }
 
 /// The `entry_value` aggregate function.
@@ -153,31 +176,11 @@ impl AggregateUDFImpl for PickValue {
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SinglePick {
-            groups: PickGroups::new(self.direction),
-        }))
+        Ok(Box::new(SinglePick::new(PickGroups::new(self.direction))))
     }
 
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        let name = args.name;
-        Ok(vec![
-            Arc::new(Field::new(format!("{name}[value]"), DataType::Utf8, true)),
-            Arc::new(Field::new(
-                format!("{name}[is_priority]"),
-                DataType::Boolean,
-                true,
-            )),
-            Arc::new(Field::new(
-                format!("{name}[timestamp]"),
-                timestamp_us_utc(),
-                true,
-            )),
-            Arc::new(Field::new(
-                format!("{name}[tiebreak]"),
-                DataType::Utf8,
-                true,
-            )),
-        ])
+        Ok(pick_state_fields(args.name))
     }
 
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
@@ -199,15 +202,60 @@ impl AggregateUDFImpl for PickValue {
     }
 }
 
+/// The candidate values a pick chooses among, row by row.
+pub(crate) trait CandidateValues {
+    /// True when the row has no value: it never competes.
+    fn is_missing(&self, row: usize) -> bool;
+    /// The row's value. Asked only for rows that beat their group's pick, so
+    /// a value that is costly to work out is worked out for few rows.
+    fn value(&mut self, row: usize) -> &str;
+}
+
+impl CandidateValues for StringArray {
+    fn is_missing(&self, row: usize) -> bool {
+        self.is_null(row)
+    }
+
+    fn value(&mut self, row: usize) -> &str {
+        StringArray::value(self, row)
+    }
+}
+
+/// The columns that order a pick's rows: priority, time and tiebreak.
+pub(crate) struct PickKeyColumns<'a> {
+    /// `is_priority`
+    pub priorities: &'a BooleanArray,
+    /// `timestamp`
+    pub timestamps: &'a TimestampMicrosecondArray,
+    /// `tiebreak`
+    pub tiebreaks: &'a StringArray,
+}
+
+impl<'a> PickKeyColumns<'a> {
+    /// Reads the three key columns, of the types `coerce_types` gives them.
+    pub fn new(
+        priorities: &'a ArrayRef,
+        timestamps: &'a ArrayRef,
+        tiebreaks: &'a ArrayRef,
+    ) -> Result<Self> {
+        Ok(Self {
+            priorities: as_boolean_array(priorities)?,
+            timestamps: as_timestamp_microsecond_array(timestamps)?,
+            tiebreaks: as_string_array(tiebreaks)?,
+        })
+    }
+}
+
 /// One candidate per group, for `GROUP BY` over many sessions.
 #[derive(Debug)]
-struct PickGroups {
+pub(crate) struct PickGroups {
     direction: PickDirection,
     picks: PickSlots,
 }
 
 impl PickGroups {
-    fn new(direction: PickDirection) -> Self {
+    /// No groups yet; `direction` says which end of the group wins.
+    pub fn new(direction: PickDirection) -> Self {
         Self {
             direction,
             picks: PickSlots::default(),
@@ -229,10 +277,32 @@ impl PickGroups {
                 columns.len()
             );
         };
-        let values = as_string_array(values)?;
-        let priorities = as_boolean_array(priorities)?;
-        let timestamps = as_timestamp_microsecond_array(timestamps)?;
-        let tiebreaks = as_string_array(tiebreaks)?;
+        let mut values = as_string_array(values)?.clone();
+        let keys = PickKeyColumns::new(priorities, timestamps, tiebreaks)?;
+        self.fold_candidates(
+            &mut values,
+            &keys,
+            group_indices,
+            opt_filter,
+            total_num_groups,
+        )
+    }
+
+    /// Folds rows into their groups: a row with a value and a timestamp
+    /// replaces its group's pick when it beats it.
+    pub fn fold_candidates(
+        &mut self,
+        values: &mut impl CandidateValues,
+        keys: &PickKeyColumns<'_>,
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        let PickKeyColumns {
+            priorities,
+            timestamps,
+            tiebreaks,
+        } = keys;
         self.picks.grow(total_num_groups);
         // The winning comparison: an entry pick keeps the earlier row, an
         // exit pick the later one (priority rows win either way).
@@ -246,7 +316,7 @@ impl PickGroups {
             {
                 continue;
             }
-            if values.is_null(row) || timestamps.is_null(row) {
+            if values.is_missing(row) || timestamps.is_null(row) {
                 continue;
             }
             let candidate = PickKey {
@@ -335,30 +405,46 @@ impl GroupsAccumulator for PickGroups {
     }
 }
 
-/// The same pick for an aggregate without `GROUP BY` (one group).
-#[derive(Debug)]
-struct SinglePick {
-    groups: PickGroups,
+/// Gives the pick state inside a groups accumulator, so [`SinglePick`] can
+/// read the one group's pick without draining it.
+pub(crate) trait HasPicks: GroupsAccumulator {
+    /// The groups' picks.
+    fn picks(&self) -> &PickGroups;
 }
 
-impl SinglePick {
-    fn fold(&mut self, columns: &[ArrayRef]) -> Result<()> {
-        let rows = columns.first().map_or(0, |column| column.len());
-        self.groups.fold(columns, &vec![0; rows], None, 1)
+impl HasPicks for PickGroups {
+    fn picks(&self) -> &PickGroups {
+        self
+    }
+}
+
+/// A pick for an aggregate without `GROUP BY` (one group), or over a window
+/// frame, where `evaluate` may be called more than once.
+#[derive(Debug)]
+pub(crate) struct SinglePick<G> {
+    groups: G,
+}
+
+impl<G: HasPicks> SinglePick<G> {
+    /// The one-group pick over `groups`.
+    pub fn new(groups: G) -> Self {
+        Self { groups }
     }
 
     fn current(&self) -> Option<KeptPick<'_>> {
-        self.groups.picks.get(0)
+        self.groups.picks().picks.get(0)
     }
 }
 
-impl Accumulator for SinglePick {
+impl<G: HasPicks + std::fmt::Debug + Sync> Accumulator for SinglePick<G> {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        self.fold(values)
+        let rows = values.first().map_or(0, |column| column.len());
+        self.groups.update_batch(values, &vec![0; rows], None, 1)
     }
 
     fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        self.fold(states)
+        let rows = states.first().map_or(0, |column| column.len());
+        self.groups.merge_batch(states, &vec![0; rows], 1)
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {

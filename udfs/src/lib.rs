@@ -10,6 +10,7 @@
 //! | `session_start` | window | §1 derived sessions |
 //! | `session_uuid` | scalar | §1 derived session id |
 //! | `entry_value`, `exit_value` | aggregate | §2 prio-first / prio-last |
+//! | `entry_channel_type` | aggregate | §2, §4 channel of the entry event |
 //! | `count_distinct_where`, `distinct_strings_where` | aggregate | §2 distinct counts, `urls` |
 //! | `session_duration` | scalar | §2 duration |
 //! | `url_pathname`, `url_hostname` | scalar | §2 URL parts |
@@ -32,6 +33,7 @@ pub mod count_distinct_where;
 pub mod dedup_groups;
 pub mod distinct_strings_where;
 pub mod distinct_where;
+pub mod entry_channel_type;
 pub mod entry_exit_value;
 pub mod pick_slots;
 pub mod referring_domain_type;
@@ -80,9 +82,11 @@ pub fn scalar_udfs(channel_tables: Arc<ChannelTables>) -> Vec<Arc<ScalarUDF>> {
     ]
 }
 
-/// Every aggregate function of this crate.
-pub fn aggregate_udfs() -> Vec<Arc<AggregateUDF>> {
+/// Every aggregate function of this crate; `entry_channel_type` reads
+/// user-supplied channel tables through `channel_tables`.
+pub fn aggregate_udfs(channel_tables: Arc<ChannelTables>) -> Vec<Arc<AggregateUDF>> {
     vec![
+        entry_channel_type::entry_channel_type_udaf(channel_tables),
         entry_exit_value::entry_value_udaf(),
         entry_exit_value::exit_value_udaf(),
         count_distinct_where::count_distinct_where_udaf(),
@@ -109,10 +113,11 @@ pub fn register_all_with_channel_source(
     registry: &mut dyn FunctionRegistry,
     channel_source: Option<Arc<dyn ChannelTableSource>>,
 ) -> Result<()> {
-    for udf in scalar_udfs(Arc::new(ChannelTables::new(channel_source))) {
+    let channel_tables = Arc::new(ChannelTables::new(channel_source));
+    for udf in scalar_udfs(Arc::clone(&channel_tables)) {
         registry.register_udf(udf)?;
     }
-    for udaf in aggregate_udfs() {
+    for udaf in aggregate_udfs(channel_tables) {
         registry.register_udaf(udaf)?;
     }
     for udwf in window_udfs() {
