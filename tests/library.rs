@@ -303,7 +303,13 @@ async fn entry_channel_type_is_entry_value_over_channel_type() {
             format!("SET sessionql.channel_rules = '{data}/rules.json'"),
             format!("SET sessionql.channel_definitions = '{data}/definitions.json'"),
         ] {
-            context.sql(&setting).await.unwrap().collect().await.unwrap();
+            context
+                .sql(&setting)
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
             assert_eq!(
                 single_count(context, FUSED_AND_PICKED_CHANNELS_DIFFER).await,
                 0,

@@ -18,6 +18,7 @@
 //! | `session_is_bounce` | scalar | §3 bounce |
 //! | `channel_type`, `referring_domain_type` | scalar | §4 channel type |
 //! | `session_length_bucket`, `session_length_bucket_order` | scalar | §5 buckets |
+//! | `date_trunc` | scalar | DataFusion's, with arithmetic truncation of UTC timestamps |
 //!
 //! Settings (`SET sessionql.session_idle_timeout_seconds = 600`) are read from
 //! the running session through [`config::SessionqlConfig`].
@@ -30,6 +31,7 @@ pub mod channel_tables;
 pub mod channel_type;
 pub mod config;
 pub mod count_distinct_where;
+pub mod date_trunc_utc;
 pub mod dedup_groups;
 pub mod distinct_strings_where;
 pub mod distinct_where;
@@ -79,6 +81,7 @@ pub fn scalar_udfs(channel_tables: Arc<ChannelTables>) -> Vec<Arc<ScalarUDF>> {
         referring_domain_type::referring_domain_type_udf(channel_tables),
         session_length_bucket::session_length_bucket_udf(),
         session_length_bucket::session_length_bucket_order_udf(),
+        date_trunc_utc::date_trunc_udf(),
     ]
 }
 

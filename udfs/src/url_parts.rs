@@ -75,7 +75,7 @@ pub fn split_url(url: &str) -> UrlParts<'_> {
     };
     let (hostname, rest) = match after_scheme {
         Some(rest) => {
-            let authority_end = first_byte_of(rest, b"/?#");
+            let authority_end = authority_end(rest);
             (
                 host_of_authority(&rest[..authority_end]),
                 &rest[authority_end..],
@@ -85,7 +85,7 @@ pub fn split_url(url: &str) -> UrlParts<'_> {
     };
     UrlParts {
         hostname,
-        pathname: &rest[..first_byte_of(rest, b"?#")],
+        pathname: &rest[..path_end(rest)],
     }
 }
 
@@ -103,11 +103,14 @@ fn scheme_len(url: &str) -> Option<usize> {
     Some(len)
 }
 
-/// Index of the first byte of `text` that is one of `delimiters`, or its length.
-fn first_byte_of(text: &str, delimiters: &[u8]) -> usize {
-    text.bytes()
-        .position(|byte| delimiters.contains(&byte))
-        .unwrap_or(text.len())
+/// Index of the first `/`, `?` or `#` of `text`, or its length.
+fn authority_end(text: &str) -> usize {
+    memchr::memchr3(b'/', b'?', b'#', text.as_bytes()).unwrap_or(text.len())
+}
+
+/// Index of the first `?` or `#` of `text`, or its length.
+fn path_end(text: &str) -> usize {
+    memchr::memchr2(b'?', b'#', text.as_bytes()).unwrap_or(text.len())
 }
 
 fn host_of_authority(authority: &str) -> Option<&str> {
