@@ -13,8 +13,9 @@
 use std::cmp::Ordering;
 use std::mem::size_of;
 
+use datafusion::arrow::array::BooleanBufferBuilder;
 use datafusion::arrow::array::StringArray;
-use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use datafusion::arrow::buffer::{Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 
@@ -79,6 +80,79 @@ fn chunk_and_offset(place: u64) -> (usize, usize) {
     ((place >> 32) as usize, (place & 0xffff_ffff) as usize)
 }
 
+/// Slots per chunk of [`ChunkedSlots`] (1 MiB of 32-byte slots).
+const SLOTS_PER_CHUNK: usize = 1 << 15;
+
+/// One slot per group in fixed-size chunks. A `Vec` of slots doubles by
+/// reallocating: with fourteen picks per session, copying the old slots into
+/// new memory was a fifth of the full sessions table's page faults. Chunks
+/// never move; growing only adds chunks.
+#[derive(Debug, Default)]
+struct ChunkedSlots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl ChunkedSlots {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Grows to `len` slots, new ones empty (never shrinks).
+    fn grow_to(&mut self, len: usize) {
+        while self.len < len {
+            if self
+                .chunks
+                .last()
+                .is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK)
+            {
+                self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+            }
+            let Some(chunk) = self.chunks.last_mut() else {
+                return;
+            };
+            let added = (SLOTS_PER_CHUNK - chunk.len()).min(len - self.len);
+            chunk.resize(chunk.len() + added, Slot::default());
+            self.len += added;
+        }
+    }
+
+    fn get(&self, index: usize) -> Option<&Slot> {
+        self.chunks
+            .get(index / SLOTS_PER_CHUNK)?
+            .get(index % SLOTS_PER_CHUNK)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut Slot> {
+        self.chunks
+            .get_mut(index / SLOTS_PER_CHUNK)?
+            .get_mut(index % SLOTS_PER_CHUNK)
+    }
+
+    /// The first `count` slots, in order.
+    fn iter_first(&self, count: usize) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flatten().take(count)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.chunks.iter_mut().flatten()
+    }
+
+    /// Removes the first `count` slots; later slots move down.
+    fn remove_first(&mut self, count: usize) {
+        let kept: Vec<Slot> = self.chunks.iter().flatten().skip(count).copied().collect();
+        *self = Self::default();
+        self.grow_to(kept.len());
+        for (slot, kept) in self.iter_mut().zip(kept) {
+            *slot = kept;
+        }
+    }
+
+    fn capacity_bytes(&self) -> usize {
+        self.chunks.len() * SLOTS_PER_CHUNK * size_of::<Slot>()
+    }
+}
+
 /// The ordering key of one row: what decides between two candidates.
 #[derive(Debug, Clone, Copy)]
 pub struct PickKey<'a> {
@@ -135,7 +209,7 @@ pub struct KeptPick<'a> {
 /// One candidate per group: slots indexed by group, text in one arena.
 #[derive(Debug, Default)]
 pub struct PickSlots {
-    slots: Vec<Slot>,
+    slots: ChunkedSlots,
     arena: ChunkedArena,
     /// Arena bytes no slot reserves any more.
     dead_bytes: usize,
@@ -145,7 +219,7 @@ impl PickSlots {
     /// Makes room for group indexes below `total_num_groups`.
     pub fn grow(&mut self, total_num_groups: usize) {
         if self.slots.len() < total_num_groups {
-            self.slots.resize(total_num_groups, Slot::default());
+            self.slots.grow_to(total_num_groups);
         }
     }
 
@@ -154,10 +228,9 @@ impl PickSlots {
     /// rows of equal priority, the one whose (time, tiebreak) compares to
     /// the kept row's as `wins` (`Less`: the earlier, `Greater`: the later).
     pub fn beats(&self, group: usize, candidate: &PickKey<'_>, wins: Ordering) -> bool {
-        let slot = &self.slots[group];
-        if !slot.filled {
+        let Some(slot) = self.slots.get(group).filter(|slot| slot.filled) else {
             return true;
-        }
+        };
         if slot.is_priority != candidate.is_priority {
             return candidate.is_priority;
         }
@@ -187,7 +260,9 @@ impl PickSlots {
             },
             None => NO_TIEBREAK,
         };
-        let slot = self.slots[group];
+        let Some(&slot) = self.slots.get(group) else {
+            return exec_err!("entry_value/exit_value: group {group} has no slot");
+        };
         let in_place = if slot.filled && needed <= slot.reserved as usize {
             self.arena.bytes_mut(slot.start, needed)
         } else {
@@ -207,7 +282,10 @@ impl PickSlots {
                 (start, needed_u32)
             }
         };
-        self.slots[group] = Slot {
+        let Some(kept) = self.slots.get_mut(group) else {
+            return exec_err!("entry_value/exit_value: group {group} has no slot");
+        };
+        *kept = Slot {
             timestamp: key.timestamp,
             start,
             value_len,
@@ -249,16 +327,18 @@ impl PickSlots {
     /// as [`PickSlots::get`] does.
     pub fn drain_values(&mut self, emit_to: EmitTo) -> Result<StringArray> {
         let taken = self.taken(emit_to);
-        let slots = &self.slots[..taken];
-        let text_bytes = slots
-            .iter()
+        let text_bytes = self
+            .slots
+            .iter_first(taken)
             .filter(|slot| slot.filled)
             .map(|slot| slot.value_len as usize)
             .sum();
         let mut text = Vec::with_capacity(text_bytes);
         let mut offsets = Vec::with_capacity(taken + 1);
         offsets.push(0i32);
-        for slot in slots {
+        let mut filled = BooleanBufferBuilder::new(taken);
+        for slot in self.slots.iter_first(taken) {
+            filled.append(slot.filled);
             if slot.filled
                 && let Some(value) = self.arena.bytes(slot.start, slot.value_len as usize)
             {
@@ -269,8 +349,7 @@ impl PickSlots {
             };
             offsets.push(offset);
         }
-        let filled = BooleanBuffer::collect_bool(taken, |group| slots[group].filled);
-        let nulls = Some(NullBuffer::new(filled)).filter(|nulls| nulls.null_count() > 0);
+        let nulls = Some(NullBuffer::new(filled.finish())).filter(|nulls| nulls.null_count() > 0);
         let values = StringArray::try_new(
             OffsetBuffer::new(ScalarBuffer::from(offsets)),
             Buffer::from_vec(text),
@@ -291,7 +370,7 @@ impl PickSlots {
     /// Removes the first `taken` groups (later groups move down).
     fn remove_first(&mut self, taken: usize) {
         if taken == self.slots.len() {
-            self.slots.clear();
+            self.slots = ChunkedSlots::default();
             self.arena = ChunkedArena::default();
             self.dead_bytes = 0;
         } else {
@@ -301,7 +380,7 @@ impl PickSlots {
 
     /// Approximate bytes held, for DataFusion's memory accounting.
     pub fn size(&self) -> usize {
-        self.slots.capacity() * size_of::<Slot>() + self.arena.capacity()
+        self.slots.capacity_bytes() + self.arena.capacity()
     }
 
     fn tiebreak(&self, slot: &Slot) -> Option<&str> {
@@ -331,7 +410,7 @@ impl PickSlots {
     /// Drops the first `removed` slots and rewrites the arena with only the
     /// live text of the others.
     fn compact(&mut self, removed: usize) {
-        self.slots.drain(..removed);
+        self.slots.remove_first(removed);
         let mut arena = ChunkedArena::default();
         for slot in self.slots.iter_mut().filter(|slot| slot.filled) {
             let text_len = slot.text_len();
@@ -347,6 +426,8 @@ impl PickSlots {
 
 #[cfg(test)]
 mod tests {
+    use datafusion::arrow::array::Array;
+
     use super::*;
 
     /// A straightforward model: owned strings per group.
@@ -424,6 +505,50 @@ mod tests {
             slots.get(groups - 10).map(|pick| pick.value.len()),
             Some(huge.len())
         );
+    }
+
+    /// Groups on both sides of chunk boundaries keep their picks, and a
+    /// partial drain across a boundary moves the rest down in order.
+    #[test]
+    fn slots_across_chunks_read_back_and_drain_in_order() {
+        let groups = 2 * SLOTS_PER_CHUNK + 5;
+        let mut slots = PickSlots::default();
+        slots.grow(SLOTS_PER_CHUNK - 1);
+        slots.grow(groups);
+        let stored: Vec<usize> = (0..groups)
+            .filter(|group| group % 997 == 3 || group % SLOTS_PER_CHUNK < 2)
+            .collect();
+        for &group in &stored {
+            let value = format!("v{group}");
+            slots
+                .store(group, &value, &key(true, group as i64, Some("t")))
+                .expect("stored");
+        }
+        for group in 0..groups {
+            let expected = stored.contains(&group).then(|| format!("v{group}"));
+            assert_eq!(slots.get(group).map(|pick| pick.value.to_owned()), expected);
+        }
+        let first = SLOTS_PER_CHUNK + 3;
+        let values = slots.drain_values(EmitTo::First(first)).expect("drained");
+        assert_eq!(values.len(), first);
+        for group in 0..first {
+            let expected = stored.contains(&group).then(|| format!("v{group}"));
+            assert_eq!(
+                values
+                    .is_valid(group)
+                    .then(|| values.value(group).to_owned()),
+                expected
+            );
+        }
+        for group in first..groups {
+            let expected = stored.contains(&group).then(|| format!("v{group}"));
+            assert_eq!(
+                slots.get(group - first).map(|pick| pick.value.to_owned()),
+                expected,
+                "group {group}"
+            );
+        }
+        assert!(slots.get(groups - first).is_none());
     }
 
     /// Random stores of texts of varying length into random groups, with
