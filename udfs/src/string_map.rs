@@ -6,8 +6,9 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, StringArray, StringBuilder};
-use datafusion::arrow::buffer::{BooleanBuffer, Buffer, NullBuffer};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray, StringBuilder};
+use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
+use datafusion::arrow::compute::nullif;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
 use datafusion::logical_expr::{
@@ -61,24 +62,26 @@ impl StringMapUdf {
     /// input's text with a new null mask, no byte copied. `None` as soon as
     /// a row maps to anything else.
     fn map_keeping_whole_values(&self, input: &StringArray) -> Option<StringArray> {
-        let mut valid_bits = vec![0u8; input.len().div_ceil(8)];
+        let mut dropped_bits = vec![0u8; input.len().div_ceil(8)];
         for row in 0..input.len() {
             if input.is_null(row) {
                 continue;
             }
             let value = input.value(row);
             match (self.map)(value) {
-                None => {}
-                Some(mapped) if std::ptr::eq(mapped, value) => {
-                    valid_bits[row / 8] |= 1 << (row % 8)
-                }
+                None => dropped_bits[row / 8] |= 1 << (row % 8),
+                Some(mapped) if std::ptr::eq(mapped, value) => {}
                 Some(_) => return None,
             }
         }
-        let valid = BooleanBuffer::new(Buffer::from_vec(valid_bits), 0, input.len());
-        let nulls = NullBuffer::new(valid);
-        let nulls = (nulls.null_count() > 0).then_some(nulls);
-        StringArray::try_new(input.offsets().clone(), input.values().clone(), nulls).ok()
+        let dropped = BooleanArray::new(
+            BooleanBuffer::new(Buffer::from_vec(dropped_bits), 0, input.len()),
+            None,
+        );
+        // `nullif` keeps the buffers and only combines null masks: the text
+        // was valid UTF-8 and is not checked again.
+        let kept = nullif(input, &dropped).ok()?;
+        Some(kept.as_string::<i32>().clone())
     }
 
     /// The output built row by row, for maps that cut values (`url_pathname`).
