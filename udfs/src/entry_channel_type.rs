@@ -369,3 +369,118 @@ impl GroupsAccumulator for ChannelPicks {
         self.picks.size()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::TimestampMicrosecondArray;
+
+    use super::*;
+
+    fn accumulator() -> ChannelPicks {
+        let tables = ChannelTables::new(None);
+        let (lookup, rules) = tables
+            .resolve(&SessionqlConfig::default())
+            .expect("built-in tables");
+        ChannelPicks {
+            picks: PickGroups::new(PickDirection::Entry),
+            lookup,
+            rules,
+        }
+    }
+
+    /// Rows of three sessions (group = row % 3) as the aggregate's arguments:
+    /// referrers vary by row, every fifth row has a utm source and medium,
+    /// every fourth row is a pageview.
+    fn arguments(rows: std::ops::Range<usize>) -> Vec<ArrayRef> {
+        let sources = ["google", "newsletter", "facebook", "bing"];
+        let mediums = [Some("cpc"), Some("email"), None, None];
+        let referrers = ["www.google.com", "$direct", "t.co", "duckduckgo.com"];
+        let text =
+            |values: Vec<Option<String>>| -> ArrayRef { Arc::new(StringArray::from(values)) };
+        let mut columns: Vec<ArrayRef> = vec![
+            text(
+                rows.clone()
+                    .map(|row| (row % 5 == 0).then(|| sources[row % 4].to_owned()))
+                    .collect(),
+            ),
+            text(
+                rows.clone()
+                    .map(|row| {
+                        mediums[(row / 2) % 4]
+                            .filter(|_| row % 5 == 0)
+                            .map(str::to_owned)
+                    })
+                    .collect(),
+            ),
+            text(rows.clone().map(|_| None).collect()),
+            text(
+                rows.clone()
+                    .map(|row| Some(referrers[(row / 3) % 4].to_owned()))
+                    .collect(),
+            ),
+        ];
+        columns.extend((0..4).map(|_| text(rows.clone().map(|_| None).collect())));
+        columns.push(Arc::new(BooleanArray::from(
+            rows.clone().map(|row| row % 4 == 1).collect::<Vec<_>>(),
+        )));
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from(
+                rows.clone()
+                    .map(|row| 1_000_000 * ((row * 7919) % 97) as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .with_timezone("UTC"),
+        ));
+        columns.push(text(
+            rows.map(|row| Some(format!("uuid-{row:04}"))).collect(),
+        ));
+        columns
+    }
+
+    fn groups(rows: std::ops::Range<usize>) -> Vec<usize> {
+        rows.map(|row| row % 3).collect()
+    }
+
+    fn channels(accumulator: &mut ChannelPicks) -> Vec<Option<String>> {
+        let array = accumulator.evaluate(EmitTo::All).expect("evaluated");
+        as_string_array(&array)
+            .expect("strings")
+            .iter()
+            .map(|channel| channel.map(str::to_owned))
+            .collect()
+    }
+
+    /// Partial states merged, and rows turned into states, give the channels
+    /// one accumulator gives over all rows.
+    #[test]
+    fn merged_states_and_converted_rows_agree_with_one_pass() {
+        let mut whole = accumulator();
+        whole
+            .update_batch(&arguments(0..60), &groups(0..60), None, 3)
+            .expect("updated");
+        let expected = channels(&mut whole);
+        // Not one channel for all: the sessions' entry rows differ.
+        assert!(expected.iter().all(Option::is_some));
+        assert!(expected.windows(2).any(|pair| pair[0] != pair[1]));
+
+        let (mut first, mut second) = (accumulator(), accumulator());
+        first
+            .update_batch(&arguments(0..25), &groups(0..25), None, 3)
+            .expect("updated");
+        second
+            .update_batch(&arguments(25..60), &groups(25..60), None, 3)
+            .expect("updated");
+        let state = second.state(EmitTo::All).expect("state");
+        first.merge_batch(&state, &[0, 1, 2], 3).expect("merged");
+        assert_eq!(channels(&mut first), expected);
+
+        let mut converted = accumulator();
+        let states = converted
+            .convert_to_state(&arguments(0..60), None)
+            .expect("converted");
+        converted
+            .merge_batch(&states, &groups(0..60), 3)
+            .expect("merged");
+        assert_eq!(channels(&mut converted), expected);
+    }
+}
