@@ -310,7 +310,16 @@ impl PickGroups {
             PickDirection::Entry => Ordering::Less,
             PickDirection::Exit => Ordering::Greater,
         };
+        // Rows of one group often come in runs (events sorted by user and
+        // time, as `ingest` writes them): the run's best row is found by
+        // comparing rows, and only that row is compared with the group's
+        // kept pick and stored. Equal keys keep the earlier row either way.
+        let mut run: Option<(usize, Option<(usize, PickKey<'_>)>)> = None;
         for (row, &group) in group_indices.iter().enumerate() {
+            if run.is_some_and(|(run_group, _)| run_group != group) {
+                self.keep_best_of_run(values, run.take(), wins)?;
+            }
+            let (_, best) = run.get_or_insert((group, None));
             if let Some(filter) = opt_filter
                 && !(filter.is_valid(row) && filter.value(row))
             {
@@ -324,9 +333,27 @@ impl PickGroups {
                 timestamp: timestamps.value(row),
                 tiebreak: tiebreaks.is_valid(row).then(|| tiebreaks.value(row)),
             };
-            if self.picks.beats(group, &candidate, wins) {
-                self.picks.store(group, values.value(row), &candidate)?;
+            if best
+                .as_ref()
+                .is_none_or(|(_, kept)| candidate.beats(kept, wins))
+            {
+                *best = Some((row, candidate));
             }
+        }
+        self.keep_best_of_run(values, run, wins)
+    }
+
+    /// Stores a run's best row in its group when it beats the kept pick.
+    fn keep_best_of_run(
+        &mut self,
+        values: &mut impl CandidateValues,
+        run: Option<(usize, Option<(usize, PickKey<'_>)>)>,
+        wins: Ordering,
+    ) -> Result<()> {
+        if let Some((group, Some((row, candidate)))) = run
+            && self.picks.beats(group, &candidate, wins)
+        {
+            self.picks.store(group, values.value(row), &candidate)?;
         }
         Ok(())
     }
@@ -465,5 +492,96 @@ impl<G: HasPicks + std::fmt::Debug + Sync> Accumulator for SinglePick<G> {
 
     fn size(&self) -> usize {
         size_of::<Self>() + self.groups.size()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One input row: group, value, is_priority, time, tiebreak.
+    type Row = (usize, Option<String>, bool, i64, Option<String>);
+
+    /// The pick by definition: the best row with a value, the first of
+    /// equal rows kept.
+    fn model(rows: &[Row], groups: usize, direction: PickDirection) -> Vec<Option<String>> {
+        let wins = match direction {
+            PickDirection::Entry => Ordering::Less,
+            PickDirection::Exit => Ordering::Greater,
+        };
+        let mut best: Vec<Option<&Row>> = vec![None; groups];
+        for row in rows.iter().filter(|row| row.1.is_some()) {
+            let replace = match best[row.0] {
+                None => true,
+                Some(kept) if kept.2 != row.2 => row.2,
+                Some(kept) => (row.3, &row.4).cmp(&(kept.3, &kept.4)) == wins,
+            };
+            if replace {
+                best[row.0] = Some(row);
+            }
+        }
+        best.into_iter()
+            .map(|row| row.and_then(|row| row.1.clone()))
+            .collect()
+    }
+
+    /// Runs of one group, single rows, repeated keys and nulls: folding in
+    /// batches gives the pick of the definition, for entry and exit.
+    #[test]
+    fn runs_of_a_group_pick_as_row_by_row() {
+        let mut state = 0x853c_49e6_748f_ea9b_u64;
+        let mut next = move |bound: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % bound
+        };
+        let groups = 7;
+        let mut rows: Vec<Row> = Vec::new();
+        while rows.len() < 3000 {
+            let group = next(groups as u64) as usize;
+            for _ in 0..1 + next(6) {
+                rows.push((
+                    group,
+                    (next(5) != 0).then(|| format!("v{}", rows.len())),
+                    next(3) == 0,
+                    next(20) as i64,
+                    (next(9) != 0).then(|| format!("t{}", next(4))),
+                ));
+            }
+        }
+        for direction in [PickDirection::Entry, PickDirection::Exit] {
+            let mut picks = PickGroups::new(direction);
+            for batch in rows.chunks(257) {
+                let columns: Vec<ArrayRef> = vec![
+                    Arc::new(StringArray::from(
+                        batch.iter().map(|row| row.1.clone()).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(BooleanArray::from(
+                        batch.iter().map(|row| row.2).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from(
+                            batch.iter().map(|row| row.3).collect::<Vec<_>>(),
+                        )
+                        .with_timezone("UTC"),
+                    ),
+                    Arc::new(StringArray::from(
+                        batch.iter().map(|row| row.4.clone()).collect::<Vec<_>>(),
+                    )),
+                ];
+                let group_indices: Vec<usize> = batch.iter().map(|row| row.0).collect();
+                picks
+                    .update_batch(&columns, &group_indices, None, groups)
+                    .expect("folded");
+            }
+            let values = picks.evaluate(EmitTo::All).expect("evaluated");
+            let values: Vec<Option<String>> = as_string_array(&values)
+                .expect("strings")
+                .iter()
+                .map(|value| value.map(str::to_owned))
+                .collect();
+            assert_eq!(values, model(&rows, groups, direction), "{direction:?}");
+        }
     }
 }

@@ -164,6 +164,22 @@ pub struct PickKey<'a> {
     pub tiebreak: Option<&'a str>,
 }
 
+impl PickKey<'_> {
+    /// True when this row should be kept over `other`: a priority row beats
+    /// a non-priority one; between rows of equal priority, the one whose
+    /// (time, tiebreak) compares to the other's as `wins`. The same rule as
+    /// [`PickSlots::beats`], between two rows not yet stored.
+    pub fn beats(&self, other: &PickKey<'_>, wins: Ordering) -> bool {
+        if self.is_priority != other.is_priority {
+            return self.is_priority;
+        }
+        self.timestamp
+            .cmp(&other.timestamp)
+            .then_with(|| self.tiebreak.cmp(&other.tiebreak))
+            == wins
+    }
+}
+
 /// One group's kept candidate; `filled` is false until a row arrives.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
