@@ -246,6 +246,13 @@ impl<'a> PickKeyColumns<'a> {
     }
 }
 
+/// Neighbouring rows of one group, while a fold walks a batch.
+struct Run<'a> {
+    group: usize,
+    /// The run's best row so far and its key (none until a row has a value).
+    best: Option<(usize, PickKey<'a>)>,
+}
+
 /// One candidate per group, for `GROUP BY` over many sessions.
 #[derive(Debug)]
 pub(crate) struct PickGroups {
@@ -314,12 +321,12 @@ impl PickGroups {
         // time, as `ingest` writes them): the run's best row is found by
         // comparing rows, and only that row is compared with the group's
         // kept pick and stored. Equal keys keep the earlier row either way.
-        let mut run: Option<(usize, Option<(usize, PickKey<'_>)>)> = None;
+        let mut run: Option<Run<'_>> = None;
         for (row, &group) in group_indices.iter().enumerate() {
-            if run.is_some_and(|(run_group, _)| run_group != group) {
+            if run.as_ref().is_some_and(|run| run.group != group) {
                 self.keep_best_of_run(values, run.take(), wins)?;
             }
-            let (_, best) = run.get_or_insert((group, None));
+            let Run { best, .. } = run.get_or_insert(Run { group, best: None });
             if let Some(filter) = opt_filter
                 && !(filter.is_valid(row) && filter.value(row))
             {
@@ -347,10 +354,13 @@ impl PickGroups {
     fn keep_best_of_run(
         &mut self,
         values: &mut impl CandidateValues,
-        run: Option<(usize, Option<(usize, PickKey<'_>)>)>,
+        run: Option<Run<'_>>,
         wins: Ordering,
     ) -> Result<()> {
-        if let Some((group, Some((row, candidate)))) = run
+        if let Some(Run {
+            group,
+            best: Some((row, candidate)),
+        }) = run
             && self.picks.beats(group, &candidate, wins)
         {
             self.picks.store(group, values.value(row), &candidate)?;
