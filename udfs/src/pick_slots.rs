@@ -106,7 +106,14 @@ impl ChunkedSlots {
                 .last()
                 .is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK)
             {
-                self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+                // The first chunk grows as a `Vec` does (a query over few
+                // sessions holds little); later ones are allocated whole.
+                let capacity = if self.chunks.is_empty() {
+                    0
+                } else {
+                    SLOTS_PER_CHUNK
+                };
+                self.chunks.push(Vec::with_capacity(capacity));
             }
             let Some(chunk) = self.chunks.last_mut() else {
                 return;
@@ -149,7 +156,7 @@ impl ChunkedSlots {
     }
 
     fn capacity_bytes(&self) -> usize {
-        self.chunks.len() * SLOTS_PER_CHUNK * size_of::<Slot>()
+        self.chunks.iter().map(Vec::capacity).sum::<usize>() * size_of::<Slot>()
     }
 }
 
