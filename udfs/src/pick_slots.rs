@@ -25,9 +25,10 @@ const COMPACT_FROM_BYTES: usize = 64 * 1024 * 1024;
 /// Marks a slot without a tiebreak (a null `tiebreak` argument).
 const NO_TIEBREAK: u32 = u32::MAX;
 
-/// Bytes per arena chunk. Chunks never move, so the arena grows without
-/// copying what it holds or touching twice the memory a doubling `Vec` would
-/// (page faults were a fifth of the full sessions table's time).
+/// Bytes per arena chunk. Chunks after the first never move, so the arena
+/// grows without copying what it holds or touching twice the memory a
+/// doubling `Vec` would (page faults were a fifth of the full sessions
+/// table's time).
 const CHUNK_BYTES: usize = 1 << 20;
 
 /// Append-only text storage in chunks; a place is `chunk << 32 | offset`.
@@ -47,8 +48,16 @@ impl ChunkedArena {
             .last()
             .is_some_and(|chunk| chunk.capacity() - chunk.len() >= needed);
         if !fits {
-            self.chunks
-                .push(Vec::with_capacity(needed.max(CHUNK_BYTES)));
+            // The first chunk grows as a `Vec` does up to a chunk's size (a
+            // query over few sessions holds little; places are indexes, so
+            // it may move); later chunks are allocated whole.
+            match self.chunks.as_mut_slice() {
+                [only] if only.len() + needed <= CHUNK_BYTES => only.reserve(needed),
+                [] => self.chunks.push(Vec::with_capacity(needed)),
+                _ => self
+                    .chunks
+                    .push(Vec::with_capacity(needed.max(CHUNK_BYTES))),
+            }
         }
         let index = self.chunks.len() - 1;
         let chunk = &mut self.chunks[index];
@@ -494,7 +503,9 @@ mod tests {
     #[test]
     fn texts_spanning_many_chunks_read_back() {
         let mut slots = PickSlots::default();
-        let groups = 3000;
+        // 3.5 MB of text: the first chunk (grown past 1 MiB by doubling),
+        // whole chunks after it, and one of its own for the huge text.
+        let groups = 5000;
         slots.grow(groups + 1);
         let text = |group: usize| format!("{group:06}-").repeat(100);
         for group in 0..groups {
