@@ -7,16 +7,25 @@ use std::sync::{Arc, LazyLock};
 use datafusion::logical_expr::{Documentation, ScalarUDF};
 
 use crate::args::SESSIONQL_DOC_SECTION;
-use crate::string_map::StringMapUdf;
+use crate::string_map::{StringMap, StringMapUdf};
 
 /// The `blank_to_null` scalar function.
 pub fn blank_to_null_udf() -> Arc<ScalarUDF> {
-    StringMapUdf::new_udf("blank_to_null", blank_to_null, &DOCUMENTATION)
+    StringMapUdf::new_udf(
+        "blank_to_null",
+        StringMap::KeepOrNull(is_present),
+        &DOCUMENTATION,
+    )
 }
 
 /// `None` for `''` and `'null'`, the value otherwise.
 pub fn blank_to_null(value: &str) -> Option<&str> {
-    (!value.is_empty() && value != "null").then_some(value)
+    is_present(value).then_some(value)
+}
+
+/// False for `''` and `'null'`: whether a marketing field carries a value.
+pub fn is_present(value: &str) -> bool {
+    !value.is_empty() && value != "null"
 }
 
 static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {

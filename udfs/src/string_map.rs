@@ -1,7 +1,8 @@
 //! One mechanism for the scalar functions that map a string to a string
 //! (`url_pathname`, `url_hostname`, `blank_to_null`): each function supplies its
-//! name, documentation and a plain `fn(&str) -> Option<&str>`; this module does
-//! the Arrow work once, so none of them repeats it.
+//! name, documentation and a plain function saying what it does to one value
+//! ([`StringMap`]); this module does the Arrow work once, so none of them
+//! repeats it.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -17,11 +18,22 @@ use datafusion::logical_expr::{
 
 use crate::args::{arrays, coerce_to_utf8, documented_signature, string_arg};
 
-/// A string → string scalar function; `map` returning `None` gives SQL NULL.
+/// What a string function does to each value.
+#[derive(Debug, Clone, Copy)]
+pub enum StringMap {
+    /// Keeps a value whole when the function says so, NULL otherwise
+    /// (`blank_to_null`, on eight columns of every event): the output is the
+    /// input's text with a new null mask, no byte copied.
+    KeepOrNull(fn(&str) -> bool),
+    /// Cuts a part out of each value (`url_pathname`); `None` gives NULL.
+    Cut(fn(&str) -> Option<&str>),
+}
+
+/// A string → string scalar function.
 #[derive(Debug)]
 pub struct StringMapUdf {
     name: &'static str,
-    map: fn(&str) -> Option<&str>,
+    map: StringMap,
     documentation: &'static Documentation,
     signature: Signature,
 }
@@ -30,7 +42,7 @@ impl StringMapUdf {
     /// Wraps `map` as the SQL function `name`.
     pub fn new_udf(
         name: &'static str,
-        map: fn(&str) -> Option<&str>,
+        map: StringMap,
         documentation: &'static Documentation,
     ) -> Arc<ScalarUDF> {
         Arc::new(ScalarUDF::from(Self {
@@ -56,47 +68,34 @@ impl Hash for StringMapUdf {
     }
 }
 
-impl StringMapUdf {
-    /// The output when `map` gives every row either NULL or its whole value
-    /// (`blank_to_null` always does, on eight columns of every event): the
-    /// input's text with a new null mask, no byte copied. `None` as soon as
-    /// a row maps to anything else.
-    fn map_keeping_whole_values(&self, input: &StringArray) -> Option<StringArray> {
-        let mut dropped_bits = vec![0u8; input.len().div_ceil(8)];
-        for row in 0..input.len() {
-            if input.is_null(row) {
-                continue;
-            }
-            let value = input.value(row);
-            match (self.map)(value) {
-                None => dropped_bits[row / 8] |= 1 << (row % 8),
-                Some(mapped) if std::ptr::eq(mapped, value) => {}
-                Some(_) => return None,
-            }
+/// The values `keep` accepts, the others NULL: the input's buffers with a
+/// combined null mask (arrow's `nullif` neither copies nor re-checks the text).
+fn keep_or_null(input: &StringArray, keep: fn(&str) -> bool) -> Result<StringArray> {
+    let mut dropped_bits = vec![0u8; input.len().div_ceil(8)];
+    for row in 0..input.len() {
+        if input.is_valid(row) && !keep(input.value(row)) {
+            dropped_bits[row / 8] |= 1 << (row % 8);
         }
-        let dropped = BooleanArray::new(
-            BooleanBuffer::new(Buffer::from_vec(dropped_bits), 0, input.len()),
-            None,
-        );
-        // `nullif` keeps the buffers and only combines null masks: the text
-        // was valid UTF-8 and is not checked again.
-        let kept = nullif(input, &dropped).ok()?;
-        Some(kept.as_string::<i32>().clone())
     }
+    let dropped = BooleanArray::new(
+        BooleanBuffer::new(Buffer::from_vec(dropped_bits), 0, input.len()),
+        None,
+    );
+    Ok(nullif(input, &dropped)?.as_string::<i32>().clone())
+}
 
-    /// The output built row by row, for maps that cut values (`url_pathname`).
-    fn map_copying(&self, input: &StringArray) -> StringArray {
-        let mut output = StringBuilder::with_capacity(input.len(), input.value_data().len());
-        for row in 0..input.len() {
-            let mapped = if input.is_null(row) {
-                None
-            } else {
-                (self.map)(input.value(row))
-            };
-            output.append_option(mapped);
-        }
-        output.finish()
+/// The part `cut` takes out of each value, copied into a new array.
+fn cut(input: &StringArray, cut: fn(&str) -> Option<&str>) -> StringArray {
+    let mut output = StringBuilder::with_capacity(input.len(), input.value_data().len());
+    for row in 0..input.len() {
+        let part = if input.is_null(row) {
+            None
+        } else {
+            cut(input.value(row))
+        };
+        output.append_option(part);
     }
+    output.finish()
 }
 
 impl ScalarUDFImpl for StringMapUdf {
@@ -122,9 +121,9 @@ impl ScalarUDFImpl for StringMapUdf {
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         let arrays = arrays(&args.args, args.number_rows)?;
         let input = string_arg(&arrays, 0, self.name)?;
-        let output = match self.map_keeping_whole_values(&input) {
-            Some(kept) => kept,
-            None => self.map_copying(&input),
+        let output = match self.map {
+            StringMap::KeepOrNull(keep) => keep_or_null(&input, keep)?,
+            StringMap::Cut(part) => cut(&input, part),
         };
         Ok(ColumnarValue::Array(Arc::new(output)))
     }
@@ -136,25 +135,9 @@ impl ScalarUDFImpl for StringMapUdf {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::LazyLock;
-
     use super::*;
-    use crate::blank_to_null::blank_to_null;
+    use crate::blank_to_null::{blank_to_null, is_present};
     use crate::url_parts::split_url;
-
-    use crate::args::SESSIONQL_DOC_SECTION;
-
-    static TEST_DOCUMENTATION: LazyLock<Documentation> =
-        LazyLock::new(|| Documentation::builder(SESSIONQL_DOC_SECTION, "test", "f(x)").build());
-
-    fn udf(map: fn(&str) -> Option<&str>) -> StringMapUdf {
-        StringMapUdf {
-            name: "test",
-            map,
-            documentation: &TEST_DOCUMENTATION,
-            signature: documented_signature(vec![vec![DataType::Utf8]]),
-        }
-    }
 
     fn rows(array: &StringArray) -> Vec<Option<&str>> {
         array.iter().collect()
@@ -171,23 +154,20 @@ mod tests {
             Some("cpc"),
         ])
         .slice(1, 5);
-        let blank = udf(blank_to_null);
-        let Some(output) = blank.map_keeping_whole_values(&input) else {
-            panic!("blank_to_null keeps whole values");
-        };
+        let output = keep_or_null(&input, is_present).expect("kept");
         assert_eq!(
             rows(&output),
             vec![Some("google"), None, None, None, Some("cpc")]
         );
         assert_eq!(output.values().as_ptr(), input.values().as_ptr());
-        assert_eq!(rows(&blank.map_copying(&input)), rows(&output));
+        assert_eq!(rows(&cut(&input, blank_to_null)), rows(&output));
     }
 
     #[test]
     fn no_null_output_has_no_null_mask() {
         let input = StringArray::from(vec!["a", "b"]);
-        let output = udf(blank_to_null).map_keeping_whole_values(&input);
-        assert_eq!(output.and_then(|array| array.nulls().cloned()), None);
+        let output = keep_or_null(&input, is_present).expect("kept");
+        assert_eq!(output.nulls().cloned(), None);
     }
 
     #[test]
@@ -197,10 +177,8 @@ mod tests {
             Some("https://a.com/x?q=1"),
             None,
         ]);
-        let pathname = udf(|url| Some(split_url(url).pathname));
-        assert!(pathname.map_keeping_whole_values(&input).is_none());
         assert_eq!(
-            rows(&pathname.map_copying(&input)),
+            rows(&cut(&input, |url| Some(split_url(url).pathname))),
             vec![Some(""), Some("/x"), None]
         );
     }

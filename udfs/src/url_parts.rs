@@ -8,13 +8,13 @@ use std::sync::{Arc, LazyLock};
 use datafusion::logical_expr::{Documentation, ScalarUDF};
 
 use crate::args::SESSIONQL_DOC_SECTION;
-use crate::string_map::StringMapUdf;
+use crate::string_map::{StringMap, StringMapUdf};
 
 /// The `url_pathname` scalar function.
 pub fn url_pathname_udf() -> Arc<ScalarUDF> {
     StringMapUdf::new_udf(
         "url_pathname",
-        |url| Some(split_url(url).pathname),
+        StringMap::Cut(|url| Some(split_url(url).pathname)),
         &PATHNAME_DOCUMENTATION,
     )
 }
@@ -23,7 +23,7 @@ pub fn url_pathname_udf() -> Arc<ScalarUDF> {
 pub fn url_hostname_udf() -> Arc<ScalarUDF> {
     StringMapUdf::new_udf(
         "url_hostname",
-        |url| split_url(url).hostname,
+        StringMap::Cut(|url| split_url(url).hostname),
         &HOSTNAME_DOCUMENTATION,
     )
 }
