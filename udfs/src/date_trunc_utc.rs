@@ -13,11 +13,8 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{
-    DataType, Field, FieldRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use datafusion::arrow::array::{Array, ArrayRef, make_array};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::sort_properties::{ExprProperties, SortProperties};
 use datafusion::logical_expr::{
@@ -53,9 +50,9 @@ fn is_utc(zone: &str) -> bool {
     matches!(zone, "UTC" | "+00:00" | "Z" | "Etc/UTC")
 }
 
-/// The zone of an array argument when the call can take the arithmetic
+/// The zone and the array argument when the call can take the arithmetic
 /// path: a literal unit of fixed length and an array of UTC timestamps.
-fn utc_array_call(args: &ScalarFunctionArgs) -> Option<Arc<str>> {
+fn utc_array_call(args: &ScalarFunctionArgs) -> Option<(Arc<str>, &ArrayRef)> {
     let [ColumnarValue::Scalar(unit), ColumnarValue::Array(values)] = args.args.as_slice() else {
         return None;
     };
@@ -69,54 +66,33 @@ fn utc_array_call(args: &ScalarFunctionArgs) -> Option<Arc<str>> {
         return None;
     }
     match values.data_type() {
-        DataType::Timestamp(_, Some(zone)) if is_utc(zone) => Some(Arc::clone(zone)),
+        DataType::Timestamp(_, Some(zone)) if is_utc(zone) => Some((Arc::clone(zone), values)),
         _ => None,
     }
 }
 
-/// The same timestamps with the time zone `zone` (`None`: without one); the
-/// values are untouched, only the type changes.
-fn with_zone(array: &ArrayRef, zone: Option<Arc<str>>) -> Option<ArrayRef> {
-    let DataType::Timestamp(unit, _) = array.data_type() else {
-        return None;
-    };
-    let retyped: ArrayRef = match unit {
-        TimeUnit::Second => Arc::new(
-            array
-                .as_primitive::<TimestampSecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Millisecond => Arc::new(
-            array
-                .as_primitive::<TimestampMillisecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Microsecond => Arc::new(
-            array
-                .as_primitive::<TimestampMicrosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-        TimeUnit::Nanosecond => Arc::new(
-            array
-                .as_primitive::<TimestampNanosecondType>()
-                .clone()
-                .with_timezone_opt(zone),
-        ),
-    };
-    Some(retyped)
+/// `data_type` with its timestamp zone set to `zone` (`None`: no zone).
+fn with_zone_type(data_type: &DataType, zone: Option<Arc<str>>) -> DataType {
+    match data_type {
+        DataType::Timestamp(unit, _) => DataType::Timestamp(*unit, zone),
+        other => other.clone(),
+    }
+}
+
+/// The same timestamps with the time zone `zone`; the values are untouched,
+/// only the type changes.
+fn with_zone(array: &ArrayRef, zone: Option<Arc<str>>) -> Result<ArrayRef> {
+    let data = array
+        .to_data()
+        .into_builder()
+        .data_type(with_zone_type(array.data_type(), zone))
+        .build()?;
+    Ok(make_array(data))
 }
 
 /// A field like `field` whose timestamp type has the zone `zone`.
 fn field_with_zone(field: &FieldRef, zone: Option<Arc<str>>) -> FieldRef {
-    match field.data_type() {
-        DataType::Timestamp(unit, _) => {
-            Arc::new(Field::clone(field).with_data_type(DataType::Timestamp(*unit, zone)))
-        }
-        _ => Arc::clone(field),
-    }
+    Arc::new(Field::clone(field).with_data_type(with_zone_type(field.data_type(), zone)))
 }
 
 impl ScalarUDFImpl for DateTruncUtc {
@@ -140,48 +116,21 @@ impl ScalarUDFImpl for DateTruncUtc {
         self.inner.return_field_from_args(args)
     }
 
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let Some(zone) = utc_array_call(&args) else {
+    fn invoke_with_args(&self, mut args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let Some((zone, values)) = utc_array_call(&args) else {
             return self.inner.invoke_with_args(args);
         };
-        let ScalarFunctionArgs {
-            args: mut values,
-            arg_fields,
-            number_rows,
-            return_field,
-            config_options,
-        } = args;
-        let naive = match values.get(1) {
-            Some(ColumnarValue::Array(array)) => with_zone(array, None),
-            _ => None,
-        };
-        let Some(naive) = naive else {
-            // `utc_array_call` checked the shape; keep DataFusion's path if not.
-            return self.inner.invoke_with_args(ScalarFunctionArgs {
-                args: values,
-                arg_fields,
-                number_rows,
-                return_field,
-                config_options,
-            });
-        };
-        values[1] = ColumnarValue::Array(naive);
-        let arg_fields = arg_fields
+        args.args[1] = ColumnarValue::Array(with_zone(values, None)?);
+        args.arg_fields = args
+            .arg_fields
             .iter()
             .map(|field| field_with_zone(field, None))
             .collect();
-        let truncated = self.inner.invoke_with_args(ScalarFunctionArgs {
-            args: values,
-            arg_fields,
-            number_rows,
-            return_field: field_with_zone(&return_field, None),
-            config_options,
-        })?;
-        match truncated {
-            ColumnarValue::Array(array) => match with_zone(&array, Some(zone)) {
-                Some(zoned) => Ok(ColumnarValue::Array(zoned)),
-                None => Ok(ColumnarValue::Array(array)),
-            },
+        args.return_field = field_with_zone(&args.return_field, None);
+        match self.inner.invoke_with_args(args)? {
+            ColumnarValue::Array(truncated) => {
+                Ok(ColumnarValue::Array(with_zone(&truncated, Some(zone))?))
+            }
             scalar => Ok(scalar),
         }
     }
