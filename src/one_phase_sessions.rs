@@ -14,10 +14,9 @@
 //!
 //! The rule rewrites only aggregates that use sessionql's per-session
 //! functions (`entry_value`, `exit_value`, `entry_channel_type`,
-//! `session_event_counts`); any
-//! other `GROUP BY` keeps DataFusion's plan. It is a local engine rule: a
-//! Ballista cluster plans with its own rules and keeps two phases, which save
-//! network traffic there.
+//! `session_event_counts`); any other `GROUP BY` keeps DataFusion's plan. It
+//! is a local engine rule: a Ballista cluster plans with its own rules and
+//! keeps two phases, which save network traffic there.
 
 use std::sync::Arc;
 

@@ -28,9 +28,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::args::{
-    SESSIONQL_DOC_SECTION, coerce_to_timestamp_us, coerce_to_utf8, documented_signature,
-};
+use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
 use crate::channel_lookup::ChannelLookup;
 use crate::channel_rules::ChannelRule;
 use crate::channel_tables::ChannelTables;
@@ -38,7 +36,7 @@ use crate::channel_type::{CHANNEL_INPUT_COUNT, channel_inputs_at, classify};
 use crate::config::SessionqlConfig;
 use crate::entry_exit_value::{
     CandidateValues, HasPicks, PickDirection, PickGroups, PickKeyColumns, SinglePick,
-    pick_state_fields,
+    coerce_pick_keys, pick_state_fields,
 };
 use crate::timestamp_us_utc;
 
@@ -131,23 +129,17 @@ impl AggregateUDFImpl for EntryChannelType {
                 arg_types.len()
             );
         }
-        arg_types
-            .iter()
-            .enumerate()
-            .map(|(position, data_type)| match position {
-                CHANNEL_INPUT_COUNT => match data_type {
-                    DataType::Boolean | DataType::Null => Ok(DataType::Boolean),
-                    other => plan_err!(
-                        "{NAME}: argument {} (is_priority) must be a boolean, got {other}",
-                        position + 1
-                    ),
-                },
-                position if position == CHANNEL_INPUT_COUNT + 1 => {
-                    coerce_to_timestamp_us(NAME, position, data_type)
-                }
-                _ => coerce_to_utf8(NAME, position, data_type),
-            })
-            .collect()
+        let (inputs, rest) = arg_types.split_at(CHANNEL_INPUT_COUNT);
+        let (keys, settings) = rest.split_at(3);
+        let mut types = Vec::with_capacity(arg_types.len());
+        for (position, data_type) in inputs.iter().enumerate() {
+            types.push(coerce_to_utf8(NAME, position, data_type)?);
+        }
+        types.extend(coerce_pick_keys(NAME, CHANNEL_INPUT_COUNT, keys)?);
+        for (offset, data_type) in settings.iter().enumerate() {
+            types.push(coerce_to_utf8(NAME, USER_ARGUMENTS + offset, data_type)?);
+        }
+        Ok(types)
     }
 
     fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {

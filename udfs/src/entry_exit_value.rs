@@ -68,6 +68,32 @@ pub(crate) fn pick_state_fields(name: &str) -> Vec<FieldRef> {
     ]
 }
 
+/// The types of a pick's key arguments (`is_priority`, `timestamp`,
+/// `tiebreak`), which start at argument `first` (0-based) of `function`.
+pub(crate) fn coerce_pick_keys(
+    function: &str,
+    first: usize,
+    keys: &[DataType],
+) -> Result<[DataType; 3]> {
+    let [priority, timestamp, tiebreak] = keys else {
+        return plan_err!("{function}: expected is_priority, timestamp and tiebreak arguments");
+    };
+    let priority = match priority {
+        DataType::Boolean | DataType::Null => DataType::Boolean,
+        other => {
+            return plan_err!(
+                "{function}: argument {} (is_priority) must be a boolean, got {other}",
+                first + 1
+            );
+        }
+    };
+    Ok([
+        priority,
+        coerce_to_timestamp_us(function, first + 1, timestamp)?,
+        coerce_to_utf8(function, first + 2, tiebreak)?,
+    ])
+}
+
 /// The `entry_value` aggregate function.
 pub fn entry_value_udaf() -> Arc<AggregateUDF> {
     Arc::new(AggregateUDF::from(PickValue::new(PickDirection::Entry)))
@@ -152,17 +178,10 @@ impl AggregateUDFImpl for PickValue {
     fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
         let name = self.name();
         match arg_types {
-            [value, priority, timestamp, tiebreak] => {
-                let priority = match priority {
-                    DataType::Boolean | DataType::Null => DataType::Boolean,
-                    other => return plan_err!("{name}: argument 2 must be a boolean, got {other}"),
-                };
-                Ok(vec![
-                    coerce_to_utf8(name, 0, value)?,
-                    priority,
-                    coerce_to_timestamp_us(name, 2, timestamp)?,
-                    coerce_to_utf8(name, 3, tiebreak)?,
-                ])
+            [value, keys @ ..] if keys.len() == 3 => {
+                let mut types = vec![coerce_to_utf8(name, 0, value)?];
+                types.extend(coerce_pick_keys(name, 1, keys)?);
+                Ok(types)
             }
             _ => plan_err!(
                 "{name} takes 4 arguments (value, is_priority, timestamp, tiebreak), got {}",
