@@ -3,12 +3,11 @@
 //!
 //! A session table has one row per session and fourteen picks per row, so this
 //! state is most of the memory a `GROUP BY session_id` holds. Each group gets
-//! a fixed 32-byte slot (ordering key and where its text is), and the text of
+//! a fixed 24-byte slot (ordering key and where its text is), and the text of
 //! the kept value and tiebreak lives in one chunked byte arena per accumulator: no
 //! allocation per group or per replacement, and about half the bytes of an
 //! owned `String` pair per group. A replaced pick reuses its arena bytes when
-//! the new text fits, so the arena grows only with longer replacements; it is
-//! compacted when more than half of it is dead.
+//! the new text fits; it is compacted when more than half of it is dead.
 
 use std::cmp::Ordering;
 use std::mem::size_of;
@@ -22,8 +21,17 @@ use datafusion::logical_expr::EmitTo;
 /// Arena size below which dead bytes are never compacted away.
 const COMPACT_FROM_BYTES: usize = 64 * 1024 * 1024;
 
-/// Marks a slot without a tiebreak (a null `tiebreak` argument).
-const NO_TIEBREAK: u32 = u32::MAX;
+/// `value_len` of a slot that holds no pick yet.
+const EMPTY: u32 = u32::MAX;
+
+/// Bit of [`Slot::tiebreak`]: the kept row was a priority row.
+const PRIORITY_BIT: u32 = 1 << 31;
+
+/// Bits of [`Slot::tiebreak`] that hold the tiebreak's length in the arena.
+const LENGTH_BITS: u32 = PRIORITY_BIT - 1;
+
+/// Length bits of a slot without a tiebreak (a null `tiebreak` argument).
+const NO_TIEBREAK: u32 = LENGTH_BITS;
 
 /// Bytes per arena chunk. Chunks after the first never move, so the arena
 /// grows without copying what it holds or touching twice the memory a
@@ -89,7 +97,7 @@ fn chunk_and_offset(place: u64) -> (usize, usize) {
     ((place >> 32) as usize, (place & 0xffff_ffff) as usize)
 }
 
-/// Slots per chunk of [`ChunkedSlots`] (1 MiB of 32-byte slots).
+/// Slots per chunk of [`ChunkedSlots`] (768 KiB of 24-byte slots).
 const SLOTS_PER_CHUNK: usize = 1 << 15;
 
 /// One slot per group in fixed-size chunks. A `Vec` of slots doubles by
@@ -196,31 +204,51 @@ impl PickKey<'_> {
     }
 }
 
-/// One group's kept candidate; `filled` is false until a row arrives.
-#[derive(Debug, Clone, Copy, Default)]
+/// One group's kept candidate, 24 bytes: fourteen picks per session made
+/// the slots alone a quarter of the full sessions table's memory.
+#[derive(Debug, Clone, Copy)]
 struct Slot {
     timestamp: i64,
     /// Place of the value's bytes in the arena; the tiebreak follows them.
     start: u64,
+    /// Value length, or [`EMPTY`] until a row arrives.
     value_len: u32,
-    /// Tiebreak length, or [`NO_TIEBREAK`].
-    tiebreak_len: u32,
-    /// Arena bytes reserved at `start` (at least value and tiebreak).
-    reserved: u32,
-    is_priority: bool,
-    filled: bool,
+    /// The tiebreak's length (or [`NO_TIEBREAK`]) in the [`LENGTH_BITS`],
+    /// and [`PRIORITY_BIT`].
+    tiebreak: u32,
+}
+
+const _: () = assert!(size_of::<Slot>() == 24);
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            timestamp: 0,
+            start: 0,
+            value_len: EMPTY,
+            tiebreak: NO_TIEBREAK,
+        }
+    }
 }
 
 impl Slot {
+    fn is_filled(&self) -> bool {
+        self.value_len != EMPTY
+    }
+
+    fn is_priority(&self) -> bool {
+        self.tiebreak & PRIORITY_BIT != 0
+    }
+
+    /// Arena bytes of value and tiebreak.
     fn text_len(&self) -> usize {
         self.value_len as usize + self.tiebreak_bytes()
     }
 
     fn tiebreak_bytes(&self) -> usize {
-        if self.tiebreak_len == NO_TIEBREAK {
-            0
-        } else {
-            self.tiebreak_len as usize
+        match self.tiebreak & LENGTH_BITS {
+            NO_TIEBREAK => 0,
+            len => len as usize,
         }
     }
 }
@@ -260,10 +288,10 @@ impl PickSlots {
     /// rows of equal priority, the one whose (time, tiebreak) compares to
     /// the kept row's as `wins` (`Less`: the earlier, `Greater`: the later).
     pub fn beats(&self, group: usize, candidate: &PickKey<'_>, wins: Ordering) -> bool {
-        let Some(slot) = self.slots.get(group).filter(|slot| slot.filled) else {
+        let Some(slot) = self.slots.get(group).filter(|slot| slot.is_filled()) else {
             return true;
         };
-        if slot.is_priority != candidate.is_priority {
+        if slot.is_priority() != candidate.is_priority {
             return candidate.is_priority;
         }
         let order = candidate.timestamp.cmp(&slot.timestamp).then_with(|| {
@@ -279,39 +307,42 @@ impl PickSlots {
 
     /// Keeps `value` and `key` as the group's row, replacing what it held.
     pub fn store(&mut self, group: usize, value: &str, key: &PickKey<'_>) -> Result<()> {
-        let tiebreak = key.tiebreak.unwrap_or("");
-        let needed = value.len() + tiebreak.len();
-        let (Ok(value_len), Ok(needed_u32)) = (u32::try_from(value.len()), u32::try_from(needed))
-        else {
-            return exec_err!("entry_value/exit_value: a value of {needed} bytes is too long");
-        };
-        let tiebreak_len = match key.tiebreak {
+        let (tiebreak, mut tiebreak_bits): (&[u8], u32) = match key.tiebreak {
             Some(text) => match u32::try_from(text.len()) {
-                Ok(len) if len != NO_TIEBREAK => len,
+                Ok(len) if len < NO_TIEBREAK => (text.as_bytes(), len),
                 _ => return exec_err!("entry_value/exit_value: the tiebreak is too long"),
             },
-            None => NO_TIEBREAK,
+            None => (&[], NO_TIEBREAK),
+        };
+        if key.is_priority {
+            tiebreak_bits |= PRIORITY_BIT;
+        }
+        let needed = value.len() + tiebreak.len();
+        let value_len = match u32::try_from(value.len()) {
+            Ok(len) if len != EMPTY && u32::try_from(needed).is_ok() => len,
+            _ => return exec_err!("entry_value/exit_value: a value of {needed} bytes is too long"),
         };
         let Some(&slot) = self.slots.get(group) else {
             return exec_err!("entry_value/exit_value: group {group} has no slot");
         };
-        let in_place = if slot.filled && needed <= slot.reserved as usize {
+        let kept_len = slot.text_len();
+        let in_place = if slot.is_filled() && needed <= kept_len {
             self.arena.bytes_mut(slot.start, needed)
         } else {
             None
         };
-        let (start, reserved) = match in_place {
+        let start = match in_place {
             Some(bytes) => {
                 bytes[..value.len()].copy_from_slice(value.as_bytes());
-                bytes[value.len()..].copy_from_slice(tiebreak.as_bytes());
-                (slot.start, slot.reserved)
+                bytes[value.len()..].copy_from_slice(tiebreak);
+                self.dead_bytes += kept_len - needed;
+                slot.start
             }
             None => {
-                if slot.filled {
-                    self.dead_bytes += slot.reserved as usize;
+                if slot.is_filled() {
+                    self.dead_bytes += kept_len;
                 }
-                let start = self.arena.push(value.as_bytes(), tiebreak.as_bytes());
-                (start, needed_u32)
+                self.arena.push(value.as_bytes(), tiebreak)
             }
         };
         let Some(kept) = self.slots.get_mut(group) else {
@@ -321,10 +352,7 @@ impl PickSlots {
             timestamp: key.timestamp,
             start,
             value_len,
-            tiebreak_len,
-            reserved,
-            is_priority: key.is_priority,
-            filled: true,
+            tiebreak: tiebreak_bits,
         };
         if self.dead_bytes > COMPACT_FROM_BYTES && self.dead_bytes > self.arena.written / 2 {
             self.compact(0);
@@ -335,9 +363,9 @@ impl PickSlots {
     /// The kept row of a group, if any.
     pub fn get(&self, group: usize) -> Option<KeptPick<'_>> {
         let slot = self.slots.get(group)?;
-        slot.filled.then(|| KeptPick {
+        slot.is_filled().then(|| KeptPick {
             value: self.text(slot.start, slot.value_len as usize),
-            is_priority: slot.is_priority,
+            is_priority: slot.is_priority(),
             timestamp: slot.timestamp,
             tiebreak: self.tiebreak(slot),
         })
@@ -362,7 +390,7 @@ impl PickSlots {
         let text_bytes = self
             .slots
             .iter_first(taken)
-            .filter(|slot| slot.filled)
+            .filter(|slot| slot.is_filled())
             .map(|slot| slot.value_len as usize)
             .sum();
         let mut text = Vec::with_capacity(text_bytes);
@@ -370,8 +398,8 @@ impl PickSlots {
         offsets.push(0i32);
         let mut filled = BooleanBufferBuilder::new(taken);
         for slot in self.slots.iter_first(taken) {
-            filled.append(slot.filled);
-            if slot.filled
+            filled.append(slot.is_filled());
+            if slot.is_filled()
                 && let Some(value) = self.arena.bytes(slot.start, slot.value_len as usize)
             {
                 text.extend_from_slice(value);
@@ -422,10 +450,10 @@ impl PickSlots {
 
     /// Where a slot's tiebreak text is in the arena, if it has one.
     fn tiebreak_range(&self, slot: &Slot) -> Option<(u64, usize)> {
-        (slot.tiebreak_len != NO_TIEBREAK).then(|| {
+        (slot.tiebreak & LENGTH_BITS != NO_TIEBREAK).then(|| {
             (
                 slot.start + u64::from(slot.value_len),
-                slot.tiebreak_len as usize,
+                slot.tiebreak_bytes(),
             )
         })
     }
@@ -444,12 +472,12 @@ impl PickSlots {
     fn compact(&mut self, removed: usize) {
         self.slots.remove_first(removed);
         let mut arena = ChunkedArena::default();
-        for slot in self.slots.iter_mut().filter(|slot| slot.filled) {
-            let text_len = slot.text_len();
-            let text = self.arena.bytes(slot.start, text_len).unwrap_or_default();
+        for slot in self.slots.iter_mut().filter(|slot| slot.is_filled()) {
+            let text = self
+                .arena
+                .bytes(slot.start, slot.text_len())
+                .unwrap_or_default();
             slot.start = arena.push(text, &[]);
-            // `text_len` fits: it was at most the old reservation.
-            slot.reserved = u32::try_from(text_len).unwrap_or(slot.reserved);
         }
         self.arena = arena;
         self.dead_bytes = 0;
