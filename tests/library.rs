@@ -243,6 +243,63 @@ async fn sessions_are_aggregated_in_one_phase_other_groupings_in_two() {
     }
 }
 
+/// The `skipped_aggregation_rows` figures of an `EXPLAIN ANALYZE`.
+async fn skipped_aggregation_rows(
+    context: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Vec<String> {
+    let batches = context
+        .sql(&format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let plan = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_owned();
+    plan.split("skipped_aggregation_rows=")
+        .skip(1)
+        .map(|rest| rest.split(',').next().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
+    // Each (g, m) pair comes twice in a row: the partial phase of the
+    // grouping behind count(DISTINCT) keeps half of the 600,000 rows.
+    // m = k / 2 runs over 0..=300000; g = m % 3 gives group 0 one more.
+    let sql = "SELECT (k / 2) % 3 AS g, count(DISTINCT k / 2) AS n \
+               FROM generate_series(1, 600000) AS t(k) GROUP BY 1 ORDER BY 1";
+    let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
+    let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
+    let counts = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(counts.values(), &[100_001, 100_000, 100_000]);
+    let skipped = skipped_aggregation_rows(&context, sql).await;
+    assert!(
+        skipped.iter().any(|rows| rows != "0"),
+        "sessionql's threshold skips the partial phase: {skipped:?}"
+    );
+    // DataFusion's own threshold (0.8) keeps it.
+    context
+        .sql("SET datafusion.execution.skip_partial_aggregation_probe_ratio_threshold = 0.8")
+        .await
+        .unwrap();
+    let skipped = skipped_aggregation_rows(&context, sql).await;
+    assert!(
+        !skipped.is_empty() && skipped.iter().all(|rows| rows == "0"),
+        "DataFusion's threshold keeps the partial phase: {skipped:?}"
+    );
+}
+
 #[tokio::test]
 async fn settings_reach_the_window_function_through_the_optimizer() {
     let plan = optimized_plan("SELECT count(*) FROM sessions").await;

@@ -142,10 +142,15 @@ pub fn connect(context: &SessionContext, cluster: &ClusterUrl) -> Result<Session
     // takes the executor out of the cluster). The static planner runs every
     // sessionql query; a session may still `SET
     // ballista.planner.adaptive.enabled = true`.
-    state
-        .config_mut()
-        .options_mut()
-        .set(ADAPTIVE_PLANNER_SETTING, "false")?;
+    let options = state.config_mut().options_mut();
+    options.set(ADAPTIVE_PLANNER_SETTING, "false")?;
+    // The partial phase of an aggregation saves network traffic here: keep
+    // DataFusion's own threshold (the local engine lowers it).
+    options
+        .execution
+        .skip_partial_aggregation_probe_ratio_threshold =
+        datafusion::config::ExecutionOptions::default()
+            .skip_partial_aggregation_probe_ratio_threshold;
     Ok(SessionContext::new_with_state(state))
 }
 
