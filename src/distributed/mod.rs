@@ -145,7 +145,8 @@ pub fn connect(context: &SessionContext, cluster: &ClusterUrl) -> Result<Session
     let options = state.config_mut().options_mut();
     options.set(ADAPTIVE_PLANNER_SETTING, "false")?;
     // The partial phase of an aggregation saves network traffic here: keep
-    // DataFusion's own threshold (the local engine lowers it).
+    // DataFusion's own threshold, as the nodes do (the local session lowers
+    // it: `engine::LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO`).
     options
         .execution
         .skip_partial_aggregation_probe_ratio_threshold =
