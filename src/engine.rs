@@ -431,7 +431,7 @@ pub fn with_sessionql_defaults(config: SessionConfig) -> SessionConfig {
 /// the rows still builds a hash table of nearly all of them, and the final
 /// phase builds it again: unique sessions per event name
 /// (`count(DISTINCT session_id) … GROUP BY event`, whose partial phase keeps
-/// 38% of 10M rows) took 8% less time and 12% less memory with the partial
+/// 38% of 10M rows) took 8% less time and a tenth less memory with the partial
 /// phase skipped (README, speed).
 pub const LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO: f64 = 0.3;
 

@@ -204,8 +204,8 @@ impl PickKey<'_> {
     }
 }
 
-/// One group's kept candidate, 24 bytes: fourteen picks per session made
-/// the slots alone a quarter of the full sessions table's memory.
+/// One group's kept candidate, in 24 bytes: at 32, the slots of fourteen
+/// picks per session were a quarter of the full sessions table's memory.
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     timestamp: i64,
@@ -213,8 +213,8 @@ struct Slot {
     start: u64,
     /// Value length, or [`EMPTY`] until a row arrives.
     value_len: u32,
-    /// The tiebreak's length (or [`NO_TIEBREAK`]) in the [`LENGTH_BITS`],
-    /// and [`PRIORITY_BIT`].
+    /// In the [`LENGTH_BITS`], the tiebreak's length in the arena (or
+    /// [`NO_TIEBREAK`]); the top bit is [`PRIORITY_BIT`].
     tiebreak: u32,
 }
 
