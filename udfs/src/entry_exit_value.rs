@@ -46,6 +46,18 @@ pub enum PickDirection {
     Exit,
 }
 
+impl PickDirection {
+    /// How a row's (time, tiebreak) must compare to the kept row's to win:
+    /// an entry pick keeps the earlier row, an exit pick the later one
+    /// (priority rows win either way).
+    pub fn wins(self) -> Ordering {
+        match self {
+            PickDirection::Entry => Ordering::Less,
+            PickDirection::Exit => Ordering::Greater,
+        }
+    }
+}
+
 /// The partial state of a pick: the kept value and its ordering key.
 pub(crate) fn pick_state_fields(name: &str) -> Vec<FieldRef> {
     vec![
@@ -330,12 +342,7 @@ impl PickGroups {
             tiebreaks,
         } = keys;
         self.picks.grow(total_num_groups);
-        // The winning comparison: an entry pick keeps the earlier row, an
-        // exit pick the later one (priority rows win either way).
-        let wins = match self.direction {
-            PickDirection::Entry => Ordering::Less,
-            PickDirection::Exit => Ordering::Greater,
-        };
+        let wins = self.direction.wins();
         // Rows of one group often come in runs (events sorted by user and
         // time, as `ingest` writes them): the run's best row is found by
         // comparing rows, and only that row is compared with the group's
@@ -534,10 +541,7 @@ mod tests {
     /// The pick by definition: the best row with a value, the first of
     /// equal rows kept.
     fn model(rows: &[Row], groups: usize, direction: PickDirection) -> Vec<Option<String>> {
-        let wins = match direction {
-            PickDirection::Entry => Ordering::Less,
-            PickDirection::Exit => Ordering::Greater,
-        };
+        let wins = direction.wins();
         let mut best: Vec<Option<&Row>> = vec![None; groups];
         for row in rows.iter().filter(|row| row.1.is_some()) {
             let replace = match best[row.0] {

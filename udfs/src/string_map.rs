@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray, StringBuilder};
-use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::nullif;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
@@ -71,16 +71,10 @@ impl Hash for StringMapUdf {
 /// The values `keep` accepts, the others NULL: the input's buffers with a
 /// combined null mask (arrow's `nullif` neither copies nor re-checks the text).
 fn keep_or_null(input: &StringArray, keep: fn(&str) -> bool) -> Result<StringArray> {
-    let mut dropped_bits = vec![0u8; input.len().div_ceil(8)];
-    for row in 0..input.len() {
-        if input.is_valid(row) && !keep(input.value(row)) {
-            dropped_bits[row / 8] |= 1 << (row % 8);
-        }
-    }
-    let dropped = BooleanArray::new(
-        BooleanBuffer::new(Buffer::from_vec(dropped_bits), 0, input.len()),
-        None,
-    );
+    let dropped = BooleanBuffer::collect_bool(input.len(), |row| {
+        input.is_valid(row) && !keep(input.value(row))
+    });
+    let dropped = BooleanArray::new(dropped, None);
     Ok(nullif(input, &dropped)?.as_string::<i32>().clone())
 }
 
