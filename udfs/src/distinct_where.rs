@@ -13,7 +13,7 @@ use datafusion::common::cast::{as_boolean_array, as_list_array, as_string_array}
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 
-use crate::args::coerce_to_utf8;
+use crate::args::{coerce_to_utf8, is_true};
 use crate::dedup_groups::DedupGroups;
 
 /// What a distinct-where aggregate keeps per value and how it answers.
@@ -69,9 +69,8 @@ pub fn for_each_qualifying_row(
     let strings = as_string_array(strings)?;
     let conditions = as_boolean_array(conditions)?;
     for row in 0..strings.len() {
-        let filtered_out =
-            opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
-        let qualifies = conditions.is_valid(row) && conditions.value(row) && strings.is_valid(row);
+        let filtered_out = opt_filter.is_some_and(|filter| !is_true(filter, row));
+        let qualifies = is_true(conditions, row) && strings.is_valid(row);
         if qualifies && !filtered_out {
             add(row, strings.value(row));
         }

@@ -12,7 +12,8 @@
 
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray, StringBuilder};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, StringArray, StringBuilder};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{DataType, FieldRef};
 use datafusion::common::cast::as_string_array;
 use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
@@ -28,7 +29,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::Literal;
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
+use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature, is_true};
 use crate::channel_lookup::ChannelLookup;
 use crate::channel_rules::ChannelRule;
 use crate::channel_tables::ChannelTables;
@@ -270,6 +271,10 @@ impl CandidateValues for ChannelCandidates<'_> {
         false
     }
 
+    fn may_have_value(&self) -> Option<NullBuffer> {
+        None
+    }
+
     fn value(&mut self, row: usize) -> &str {
         let url_matters = !self.rules.is_empty();
         let inputs = channel_inputs_at(&self.inputs, row, url_matters);
@@ -346,7 +351,7 @@ impl GroupsAccumulator for ChannelPicks {
         let rows = keys.timestamps.len();
         let mut channels = StringBuilder::with_capacity(rows, rows * 12);
         for row in 0..rows {
-            let kept = opt_filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row));
+            let kept = opt_filter.is_none_or(|filter| is_true(filter, row));
             channels.append_option(kept.then(|| candidates.value(row)));
         }
         Ok(vec![

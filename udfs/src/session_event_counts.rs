@@ -21,7 +21,7 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
-use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature};
+use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature, is_true};
 use crate::count_distinct_where::{HASH_SEED, hashes_from_state, hashes_to_list};
 use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
 use crate::stable_hash::stable_hash64_words;
@@ -226,8 +226,7 @@ impl DistinctKind for KindedHashes {
         let uuids = as_string_array(uuids)?;
         let events = as_string_array(events)?;
         for row in 0..uuids.len() {
-            let filtered_out =
-                opt_filter.is_some_and(|filter| !(filter.is_valid(row) && filter.value(row)));
+            let filtered_out = opt_filter.is_some_and(|filter| !is_true(filter, row));
             if filtered_out || uuids.is_null(row) {
                 continue;
             }

@@ -7,8 +7,9 @@
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, StringArray, StringBuilder};
-use datafusion::arrow::buffer::BooleanBuffer;
+use datafusion::arrow::array::{
+    Array, AsArray, BooleanArray, BooleanBufferBuilder, StringArray, StringBuilder,
+};
 use datafusion::arrow::compute::nullif;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
@@ -70,11 +71,23 @@ impl Hash for StringMapUdf {
 
 /// The values `keep` accepts, the others NULL: the input's buffers with a
 /// combined null mask (arrow's `nullif` neither copies nor re-checks the text).
+///
+/// Only non-null rows are asked, found a 64-row word of the null mask at a
+/// time: the marketing fields are NULL on all but a few percent of events,
+/// and asking every row was 2.5% of the full sessions table's instructions.
 fn keep_or_null(input: &StringArray, keep: fn(&str) -> bool) -> Result<StringArray> {
-    let dropped = BooleanBuffer::collect_bool(input.len(), |row| {
-        input.is_valid(row) && !keep(input.value(row))
-    });
-    let dropped = BooleanArray::new(dropped, None);
+    let mut dropped = BooleanBufferBuilder::new(input.len());
+    dropped.append_n(input.len(), false);
+    let mut ask = |row| {
+        if !keep(input.value(row)) {
+            dropped.set_bit(row, true);
+        }
+    };
+    match input.nulls() {
+        Some(nulls) => nulls.valid_indices().for_each(&mut ask),
+        None => (0..input.len()).for_each(&mut ask),
+    }
+    let dropped = BooleanArray::new(dropped.finish(), None);
     Ok(nullif(input, &dropped)?.as_string::<i32>().clone())
 }
 
