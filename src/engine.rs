@@ -435,6 +435,16 @@ pub fn with_sessionql_defaults(config: SessionConfig) -> SessionConfig {
 /// phase skipped (README, speed).
 pub const LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO: f64 = 0.3;
 
+/// In a local session, a sort whose buffered input is below this many bytes
+/// per partition concatenates it and sorts it in one pass; above it, and on
+/// a cluster, DataFusion's way stays (its threshold is 1 MiB): each batch
+/// sorted, then all merged. The half of `sessions` that derives sessions
+/// sorts its events (every column the view reads) by user and time; at 10M
+/// events that sort took 0.20 s of CPU instead of 0.47 s. Under a memory
+/// limit a sort still spills as before (the same spills at 50M under 4 GiB),
+/// each spilled run sorted in one pass (README, speed).
+pub const LOCAL_SORT_IN_PLACE_THRESHOLD_BYTES: usize = 512 * 1024 * 1024;
+
 /// A session with sessionql's functions and settings but no tables: for
 /// embedding the functions over one's own tables.
 pub fn session_context(
@@ -450,6 +460,8 @@ pub fn session_context(
         .options_mut()
         .execution
         .skip_partial_aggregation_probe_ratio_threshold = LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO;
+    config.options_mut().execution.sort_in_place_threshold_bytes =
+        LOCAL_SORT_IN_PLACE_THRESHOLD_BYTES;
     if let Some(partitions) = target_partitions {
         config = config.with_target_partitions(partitions);
     }

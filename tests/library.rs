@@ -301,6 +301,61 @@ async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
 }
 
 #[tokio::test]
+async fn a_local_session_sorts_below_its_in_place_threshold_in_one_pass() {
+    let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
+    let shown = context
+        .sql("SHOW datafusion.execution.sort_in_place_threshold_bytes")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let value = shown[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_owned();
+    assert_eq!(
+        value,
+        sessionql::engine::LOCAL_SORT_IN_PLACE_THRESHOLD_BYTES.to_string()
+    );
+    // A two-key sort of 100,000 rows in many batches, concatenated and
+    // sorted at once: k % 7 descending, then k. Residue 6 starts 6, 13, …;
+    // residue 0 ends with 7 × 14285 = 99995.
+    let sorted = context
+        .sql("SELECT k % 7 AS r, k FROM generate_series(1, 100000) AS t(k) ORDER BY r DESC, k")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let rows: Vec<(i64, i64)> = sorted
+        .iter()
+        .flat_map(|batch| {
+            let column = |index: usize| {
+                batch
+                    .column(index)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            };
+            column(0).into_iter().zip(column(1))
+        })
+        .collect();
+    assert_eq!(rows.len(), 100_000);
+    assert_eq!(&rows[..2], &[(6, 6), (6, 13)]);
+    assert_eq!(rows.last(), Some(&(0, 99_995)));
+    assert!(
+        rows.windows(2)
+            .all(|pair| (-pair[0].0, pair[0].1) < (-pair[1].0, pair[1].1))
+    );
+}
+
+#[tokio::test]
 async fn settings_reach_the_window_function_through_the_optimizer() {
     let plan = optimized_plan("SELECT count(*) FROM sessions").await;
     // session_start(timestamp) is completed with the session's settings.

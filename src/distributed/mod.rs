@@ -146,12 +146,15 @@ pub fn connect(context: &SessionContext, cluster: &ClusterUrl) -> Result<Session
     options.set(ADAPTIVE_PLANNER_SETTING, "false")?;
     // The partial phase of an aggregation saves network traffic here: keep
     // DataFusion's own threshold, as the nodes do (the local session lowers
-    // it: `engine::LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO`).
+    // it: `engine::LOCAL_PARTIAL_AGGREGATION_SKIP_RATIO`). Sorts, too, keep
+    // DataFusion's way on a cluster (`engine::LOCAL_SORT_IN_PLACE_THRESHOLD_BYTES`).
+    let datafusion_defaults = datafusion::config::ExecutionOptions::default();
     options
         .execution
         .skip_partial_aggregation_probe_ratio_threshold =
-        datafusion::config::ExecutionOptions::default()
-            .skip_partial_aggregation_probe_ratio_threshold;
+        datafusion_defaults.skip_partial_aggregation_probe_ratio_threshold;
+    options.execution.sort_in_place_threshold_bytes =
+        datafusion_defaults.sort_in_place_threshold_bytes;
     Ok(SessionContext::new_with_state(state))
 }
 
