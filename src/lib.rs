@@ -23,6 +23,7 @@ pub mod listen;
 pub mod one_phase_sessions;
 pub mod output;
 pub mod postgres;
+pub mod repeated_keys;
 pub mod session_time_filter;
 pub mod session_views;
 pub mod shell;

@@ -183,6 +183,11 @@ async fn counting_sessions_computes_no_session_property() {
 async fn physical_plan(sql: &str) -> String {
     let context = session_context(&SessionqlConfig::default(), Some(4)).unwrap();
     use_events_table(&context, pageviews_table()).await.unwrap();
+    physical_plan_of(&context, sql).await
+}
+
+/// The physical plan of a query in `context`, as text.
+async fn physical_plan_of(context: &datafusion::prelude::SessionContext, sql: &str) -> String {
     let plan = context
         .sql(sql)
         .await
@@ -270,11 +275,15 @@ async fn skipped_aggregation_rows(
 
 #[tokio::test]
 async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
-    // Each (g, m) pair comes twice in a row: the partial phase of the
-    // grouping behind count(DISTINCT) keeps half of the 600,000 rows.
-    // m = k / 2 runs over 0..=300000; g = m % 3 gives group 0 one more.
-    let sql = "SELECT (k / 2) % 3 AS g, count(DISTINCT k / 2) AS n \
-               FROM generate_series(1, 600000) AS t(k) GROUP BY 1 ORDER BY 1";
+    // Each (g, m) pair comes twice in a row: the partial phase of the inner
+    // grouping keeps half of the 600,000 rows (it counts, so repeated keys
+    // are not dropped before it). m = k / 2 runs over 0..=300000; g = m % 3
+    // gives group 0 one more, and each group 200,000 rows (m = 0 and
+    // m = 300000 come once).
+    let sql = "SELECT g, count(*) AS n, sum(c) AS rows \
+               FROM (SELECT (k / 2) % 3 AS g, k / 2 AS m, count(*) AS c \
+                     FROM generate_series(1, 600000) AS t(k) GROUP BY 1, 2) \
+               GROUP BY 1 ORDER BY 1";
     let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
     let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
     let counts = batches[0]
@@ -283,6 +292,12 @@ async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
         .downcast_ref::<Int64Array>()
         .unwrap();
     assert_eq!(counts.values(), &[100_001, 100_000, 100_000]);
+    let rows = batches[0]
+        .column(2)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(rows.values(), &[200_000, 200_000, 200_000]);
     let skipped = skipped_aggregation_rows(&context, sql).await;
     assert!(
         skipped.iter().any(|rows| rows != "0"),
@@ -298,6 +313,79 @@ async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
         !skipped.is_empty() && skipped.iter().all(|rows| rows == "0"),
         "DataFusion's threshold keeps the partial phase: {skipped:?}"
     );
+}
+
+/// The `dropped_rows` figures of an `EXPLAIN ANALYZE`.
+async fn dropped_rows(context: &datafusion::prelude::SessionContext, sql: &str) -> Vec<u64> {
+    let batches = context
+        .sql(&format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let plan = batches[0]
+        .column(1)
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap()
+        .value(0)
+        .to_owned();
+    plan.split("dropped_rows=")
+        .skip(1)
+        .map(|rest| {
+            let figure = rest.split([',', ']']).next().unwrap_or_default().trim();
+            // EXPLAIN ANALYZE rounds large counts ("299.93 K").
+            match figure.strip_suffix(" K") {
+                Some(thousands) => (thousands.parse::<f64>().unwrap() * 1000.0) as u64,
+                None => figure.parse().unwrap(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn repeated_keys_are_dropped_before_a_distinct_grouping() {
+    // count(DISTINCT) by group over a key that comes twice in a row, then in
+    // no order: the same counts, as worked out in the test above (m = k / 2
+    // over 0..=300000, g = m % 3), and repeats dropped only in the first.
+    let in_runs = "SELECT (k / 2) % 3 AS g, count(DISTINCT k / 2) AS n \
+                   FROM generate_series(1, 600000) AS t(k) GROUP BY 1 ORDER BY 1";
+    // k * 7919 % 600001 visits 1..=600000 once each (600001 is prime), so
+    // m = that / 2 has the same values, each twice but far apart (m = 0 and
+    // 300000 once).
+    let scattered = "SELECT (k * 7919 % 600001 / 2) % 3 AS g, \
+                     count(DISTINCT k * 7919 % 600001 / 2) AS n \
+                     FROM generate_series(1, 600000) AS t(k) GROUP BY 1 ORDER BY 1";
+    let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
+    for sql in [in_runs, scattered] {
+        let plan = physical_plan_of(&context, sql).await;
+        assert!(plan.contains("DropRepeatedKeysExec"), "{plan}");
+        let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
+        let counts: Vec<i64> = batches
+            .iter()
+            .flat_map(|batch| {
+                batch
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(counts, [100_001, 100_000, 100_000], "{sql}");
+    }
+    // In runs: all 299,999 second rows but those whose pair a batch boundary
+    // splits (a few dozen).
+    let dropped: u64 = dropped_rows(&context, in_runs).await.iter().sum();
+    assert!((299_000..=299_999).contains(&dropped), "{dropped}");
+    // Scattered: the operator finds next to nothing and stops looking.
+    let dropped: u64 = dropped_rows(&context, scattered).await.iter().sum();
+    assert!(dropped < 10_000, "{dropped}");
+    // A grouping that aggregates keeps every row.
+    let plan = physical_plan("SELECT event, count(*) FROM events GROUP BY 1").await;
+    assert!(!plan.contains("DropRepeatedKeysExec"), "{plan}");
 }
 
 #[tokio::test]
