@@ -383,8 +383,18 @@ async fn repeated_keys_are_dropped_before_a_distinct_grouping() {
     // Scattered: the operator finds next to nothing and stops looking.
     let dropped: u64 = dropped_rows(&context, scattered).await.iter().sum();
     assert!(dropped < 10_000, "{dropped}");
-    // A grouping that aggregates keeps every row.
+    // A grouping that aggregates keeps every row, and so does one with a
+    // limit (here the five largest keys: each phase keeps only those).
     let plan = physical_plan("SELECT event, count(*) FROM events GROUP BY 1").await;
+    assert!(!plan.contains("DropRepeatedKeysExec"), "{plan}");
+    let plan = physical_plan_of(
+        &context,
+        "SELECT k / 2 AS m FROM generate_series(1, 600000) AS t(k) \
+         GROUP BY 1 ORDER BY 1 DESC LIMIT 5",
+    )
+    .await;
+    assert!(plan.contains("AggregateExec: mode=Partial"), "{plan}");
+    assert!(plan.contains("aggr=[], lim=[5]"), "{plan}");
     assert!(!plan.contains("DropRepeatedKeysExec"), "{plan}");
 }
 
