@@ -191,15 +191,15 @@ impl RepeatDropper {
             .iter()
             .map(|key| key.evaluate(&batch)?.into_array(batch.num_rows()))
             .collect::<Result<Vec<ArrayRef>>>()?;
+        self.rows_seen += batch.num_rows();
         let kept = match self.recent.kept_rows(&keys)? {
             Some((kept, dropped)) => {
                 self.rows_dropped += dropped;
                 self.dropped_rows.add(dropped);
                 filter_record_batch(&batch, &kept)?
             }
-            None => batch.clone(),
+            None => batch,
         };
-        self.rows_seen += batch.num_rows();
         if self.rows_seen >= PROBE_ROWS
             && (self.rows_dropped as f64) < MIN_DROPPED_SHARE * self.rows_seen as f64
         {

@@ -248,10 +248,12 @@ async fn sessions_are_aggregated_in_one_phase_other_groupings_in_two() {
     }
 }
 
-/// The `skipped_aggregation_rows` figures of an `EXPLAIN ANALYZE`.
-async fn skipped_aggregation_rows(
+/// The figures an `EXPLAIN ANALYZE` of `sql` gives for `metric`, one per
+/// operator partition that reports it, as printed.
+async fn explain_analyze_metric(
     context: &datafusion::prelude::SessionContext,
     sql: &str,
+    metric: &str,
 ) -> Vec<String> {
     let batches = context
         .sql(&format!("EXPLAIN ANALYZE {sql}"))
@@ -267,10 +269,21 @@ async fn skipped_aggregation_rows(
         .unwrap()
         .value(0)
         .to_owned();
-    plan.split("skipped_aggregation_rows=")
+    plan.split(&format!("{metric}="))
         .skip(1)
-        .map(|rest| rest.split(',').next().unwrap_or_default().to_owned())
+        .map(|rest| {
+            let figure = rest.split([',', ']']).next().unwrap_or_default();
+            figure.trim().to_owned()
+        })
         .collect()
+}
+
+/// The `skipped_aggregation_rows` figures of an `EXPLAIN ANALYZE`.
+async fn skipped_aggregation_rows(
+    context: &datafusion::prelude::SessionContext,
+    sql: &str,
+) -> Vec<String> {
+    explain_analyze_metric(context, sql, "skipped_aggregation_rows").await
 }
 
 #[tokio::test]
@@ -315,31 +328,15 @@ async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
     );
 }
 
-/// The `dropped_rows` figures of an `EXPLAIN ANALYZE`.
+/// The `dropped_rows` figures of an `EXPLAIN ANALYZE`, as numbers.
 async fn dropped_rows(context: &datafusion::prelude::SessionContext, sql: &str) -> Vec<u64> {
-    let batches = context
-        .sql(&format!("EXPLAIN ANALYZE {sql}"))
+    explain_analyze_metric(context, sql, "dropped_rows")
         .await
-        .unwrap()
-        .collect()
-        .await
-        .unwrap();
-    let plan = batches[0]
-        .column(1)
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .unwrap()
-        .value(0)
-        .to_owned();
-    plan.split("dropped_rows=")
-        .skip(1)
-        .map(|rest| {
-            let figure = rest.split([',', ']']).next().unwrap_or_default().trim();
-            // EXPLAIN ANALYZE rounds large counts ("299.93 K").
-            match figure.strip_suffix(" K") {
-                Some(thousands) => (thousands.parse::<f64>().unwrap() * 1000.0) as u64,
-                None => figure.parse().unwrap(),
-            }
+        .iter()
+        // EXPLAIN ANALYZE rounds large counts ("299.93 K").
+        .map(|figure| match figure.strip_suffix(" K") {
+            Some(thousands) => (thousands.parse::<f64>().unwrap() * 1000.0) as u64,
+            None => figure.parse().unwrap(),
         })
         .collect()
 }
