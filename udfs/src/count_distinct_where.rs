@@ -13,7 +13,7 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, ListArray, UInt64Array};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_uint64_array;
 use datafusion::common::{Result, ScalarValue};
@@ -23,6 +23,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
+use crate::dedup_groups::Taken;
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
     for_each_qualifying_row,
@@ -119,19 +120,24 @@ impl AggregateUDFImpl for CountDistinctWhere {
 #[derive(Debug)]
 struct Hashes;
 
-/// The hashes inside one partial-state list.
-pub(crate) fn hashes_from_state(list: &ArrayRef) -> Result<Vec<u64>> {
-    Ok(as_uint64_array(list)?.values().to_vec())
+/// Calls `add` for each hash inside one partial-state list.
+pub(crate) fn for_each_hash_in_state(list: &ArrayRef, add: impl FnMut(u64)) -> Result<()> {
+    as_uint64_array(list)?
+        .values()
+        .iter()
+        .copied()
+        .for_each(add);
+    Ok(())
 }
 
 /// Partial states of hash-keeping aggregates: one list of hashes per group.
-pub(crate) fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
-    let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
-    let values = UInt64Array::from(groups.into_iter().flatten().collect::<Vec<u64>>());
+pub(crate) fn hashes_to_list(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
+    let values = UInt64Array::from_iter_values(groups.all_values());
+    let offsets = groups.offsets().iter().map(|&offset| offset as i32);
     let item = Arc::new(Field::new_list_field(DataType::UInt64, false));
     let list = ListArray::try_new(
         item,
-        OffsetBuffer::from_lengths(lengths),
+        OffsetBuffer::new(ScalarBuffer::from_iter(offsets)),
         Arc::new(values),
         None,
     )?;
@@ -139,12 +145,8 @@ pub(crate) fn hashes_to_list(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
 }
 
 impl DistinctKind for Hashes {
-    type Value = u64;
+    type Log = Vec<u64>;
     const NAME: &'static str = NAME;
-
-    fn weigh(_value: &u64) -> usize {
-        0
-    }
 
     fn for_each_kept(
         values: &[ArrayRef],
@@ -156,19 +158,16 @@ impl DistinctKind for Hashes {
         })
     }
 
-    fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {
-        hashes_from_state(list)
+    fn for_each_in_state(list: &ArrayRef, add: impl FnMut(u64)) -> Result<()> {
+        for_each_hash_in_state(list, add)
     }
 
-    fn to_state(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+    fn to_state(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
         hashes_to_list(groups)
     }
 
-    fn finish(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
-        let counts: Int64Array = groups
-            .iter()
-            .map(|hashes| Some(i64::try_from(hashes.len()).unwrap_or(i64::MAX)))
-            .collect();
-        Ok(Arc::new(counts))
+    fn finish(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
+        let counts = (0..groups.num_groups()).map(|group| groups.group_len(group) as i64);
+        Ok(Arc::new(Int64Array::from_iter_values(counts)))
     }
 }

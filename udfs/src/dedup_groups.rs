@@ -1,85 +1,273 @@
-//! Per-group lists of values that are deduplicated lazily: the storage behind
-//! the distinct aggregates (`count_distinct_where`, `distinct_strings_where`).
-//! A group's list is sorted and deduplicated whenever it has filled its
-//! capacity, so a session that repeats one value many times stays small, and
-//! appending is a plain push the rest of the time.
+//! Per-group values kept in one flat log and deduplicated when taken: the
+//! storage behind the distinct aggregates (`count_distinct_where`,
+//! `distinct_strings_where`, `session_event_counts`).
+//!
+//! Each kept value is appended to one log with its group index, so adding a
+//! value is two pushes onto contiguous vectors: no list per group, no heap
+//! allocation per string (strings share one byte arena). When groups are
+//! taken, a counting sort by group puts each group's values together, each
+//! group's few values are sorted and their repeats dropped. A value that
+//! repeats the one just added to the same group (a page reloaded, an event
+//! sent twice in a row) is not added at all.
 
+use std::fmt::Debug;
+
+use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 
-/// Lists below this length are never compacted (not worth sorting).
-const COMPACT_FROM: usize = 64;
-
-/// Values per group, with repeats until compacted or taken.
-#[derive(Debug)]
-pub struct DedupGroups<T> {
-    groups: Vec<Vec<T>>,
-    /// Heap bytes held by the values themselves (beyond the list slots).
-    value_bytes: usize,
-    stored: usize,
-    weigh: fn(&T) -> usize,
+/// How a log stores its values: 64-bit hashes inline, strings in one arena.
+pub trait LogValues: Default + Debug + Send + Sync {
+    /// One value as it is added and compared.
+    type Item<'a>: Ord + Copy;
+    /// The value at `index` (an index of a value pushed earlier).
+    fn item(&self, index: usize) -> Self::Item<'_>;
+    /// Whether the value at `index` equals `item`.
+    fn holds_at(&self, index: usize, item: Self::Item<'_>) -> bool;
+    /// Appends a value.
+    fn push(&mut self, item: Self::Item<'_>);
+    /// Heap bytes held, for memory accounting.
+    fn heap_bytes(&self) -> usize;
 }
 
-impl<T: Ord> DedupGroups<T> {
-    /// Empty groups; `weigh` tells the heap bytes of one value (0 for numbers).
-    pub fn new(weigh: fn(&T) -> usize) -> Self {
-        Self {
-            groups: Vec::new(),
-            value_bytes: 0,
-            stored: 0,
-            weigh,
-        }
+/// 64-bit hashes, kept inline.
+impl LogValues for Vec<u64> {
+    type Item<'a> = u64;
+
+    fn item(&self, index: usize) -> u64 {
+        self[index]
     }
 
+    fn holds_at(&self, index: usize, item: u64) -> bool {
+        self[index] == item
+    }
+
+    fn push(&mut self, item: u64) {
+        Vec::push(self, item)
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.capacity() * size_of::<u64>()
+    }
+}
+
+/// Strings (as their UTF-8 bytes) one after another in one byte arena.
+#[derive(Debug, Default)]
+pub struct StringLog {
+    bytes: Vec<u8>,
+    /// End offset in `bytes` of each string; string `i` starts where `i - 1` ends.
+    ends: Vec<usize>,
+}
+
+impl LogValues for StringLog {
+    type Item<'a> = &'a [u8];
+
+    fn item(&self, index: usize) -> &[u8] {
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        &self.bytes[start..self.ends[index]]
+    }
+
+    fn holds_at(&self, index: usize, item: &[u8]) -> bool {
+        self.item(index) == item
+    }
+
+    fn push(&mut self, item: &[u8]) {
+        self.bytes.extend_from_slice(item);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.bytes.capacity() + self.ends.capacity() * size_of::<usize>()
+    }
+}
+
+/// Values per group, with repeats, in arrival order.
+#[derive(Debug, Default)]
+pub struct DedupGroups<L: LogValues> {
+    /// Group of each value of `values`.
+    groups: Vec<u32>,
+    values: L,
+    num_groups: usize,
+}
+
+impl<L: LogValues> DedupGroups<L> {
     /// Makes room for group indexes below `total_num_groups`.
-    pub fn grow(&mut self, total_num_groups: usize) {
-        if self.groups.len() < total_num_groups {
-            self.groups.resize_with(total_num_groups, Vec::new);
+    pub fn grow(&mut self, total_num_groups: usize) -> Result<()> {
+        if u32::try_from(total_num_groups).is_err() {
+            return exec_err!(
+                "{total_num_groups} groups: at most {} are supported",
+                u32::MAX
+            );
         }
+        self.num_groups = self.num_groups.max(total_num_groups);
+        Ok(())
     }
 
-    /// Adds a value to a group (which must exist: see [`Self::grow`]).
-    pub fn add(&mut self, group: usize, value: T) {
-        let weigh = self.weigh;
-        let values = &mut self.groups[group];
-        if values.len() >= COMPACT_FROM && values.len() == values.capacity() {
-            let before = values.len();
-            values.sort_unstable();
-            let mut removed_bytes = 0;
-            values.dedup_by(|repeat, kept| {
-                let same = repeat == kept;
-                if same {
-                    removed_bytes += weigh(repeat);
+    /// Adds a value to a group below the size given to [`Self::grow`].
+    pub fn add(&mut self, group: usize, value: L::Item<'_>) {
+        // `grow` checked that every group index fits.
+        let group = group as u32;
+        let last = self.groups.len().wrapping_sub(1);
+        if self.groups.last() == Some(&group) && self.values.holds_at(last, value) {
+            return;
+        }
+        self.groups.push(group);
+        self.values.push(value);
+    }
+
+    /// Removes the groups `emit_to` names and returns them, each sorted and
+    /// distinct; the groups left are renumbered from 0.
+    pub fn take(&mut self, emit_to: EmitTo) -> Result<Taken<L>> {
+        let taken_groups = match emit_to {
+            EmitTo::All => self.num_groups,
+            EmitTo::First(count) => count.min(self.num_groups),
+        };
+        let (groups, values) = if taken_groups == self.num_groups {
+            (
+                std::mem::take(&mut self.groups),
+                std::mem::take(&mut self.values),
+            )
+        } else {
+            self.split_off_first(taken_groups)
+        };
+        self.num_groups -= taken_groups;
+        Taken::sorted(&groups, values, taken_groups)
+    }
+
+    /// The values of groups below `count`, leaving the others renumbered.
+    fn split_off_first(&mut self, count: usize) -> (Vec<u32>, L) {
+        let mut taken = (Vec::new(), L::default());
+        let mut kept = (Vec::new(), L::default());
+        for (index, &group) in self.groups.iter().enumerate() {
+            let value = self.values.item(index);
+            // `count` is below `num_groups`, which `grow` kept within u32.
+            match group.checked_sub(count as u32) {
+                None => {
+                    taken.0.push(group);
+                    taken.1.push(value);
                 }
-                same
-            });
-            self.stored -= before - values.len();
-            self.value_bytes -= removed_bytes.min(self.value_bytes);
+                Some(renumbered) => {
+                    kept.0.push(renumbered);
+                    kept.1.push(value);
+                }
+            }
         }
-        self.value_bytes += weigh(&value);
-        values.push(value);
-        self.stored += 1;
-    }
-
-    /// Removes and returns the groups `emit_to` names, each sorted and distinct.
-    pub fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<T>> {
-        let taken = emit_to.take_needed(&mut self.groups);
-        let mut distinct = Vec::with_capacity(taken.len());
-        for mut values in taken {
-            self.stored -= values.len().min(self.stored);
-            let released: usize = values.iter().map(self.weigh).sum();
-            self.value_bytes -= released.min(self.value_bytes);
-            values.sort_unstable();
-            values.dedup();
-            distinct.push(values);
-        }
-        distinct
+        (self.groups, self.values) = kept;
+        taken
     }
 
     /// Approximate memory held, for DataFusion's memory accounting.
     pub fn size(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<Vec<T>>()
-            + self.stored * std::mem::size_of::<T>()
-            + self.value_bytes
+        self.groups.capacity() * size_of::<u32>() + self.values.heap_bytes()
+    }
+}
+
+/// Taken groups: each group's distinct values in ascending order.
+#[derive(Debug)]
+pub struct Taken<L: LogValues> {
+    values: L,
+    /// Indexes into `values`: group 0's distinct values in order, then group 1's, ….
+    order: Vec<u32>,
+    /// Where each group's indexes start in `order`, and a last end.
+    starts: Vec<u32>,
+}
+
+impl<L: LogValues> Taken<L> {
+    /// Sorts `values` (in `group` order) by group, then each group by value,
+    /// dropping repeats.
+    fn sorted(groups: &[u32], values: L, num_groups: usize) -> Result<Self> {
+        let Ok(len) = u32::try_from(groups.len()) else {
+            return exec_err!(
+                "{} values in one aggregate: at most {} are supported",
+                groups.len(),
+                u32::MAX
+            );
+        };
+        // Counting sort: `starts[g + 1]` counts group g, then becomes its end.
+        let mut starts = vec![0u32; num_groups + 1];
+        for &group in groups {
+            starts[group as usize + 1] += 1;
+        }
+        for group in 0..num_groups {
+            starts[group + 1] += starts[group];
+        }
+        let mut next = starts.clone();
+        let mut order = vec![0u32; len as usize];
+        for (index, &group) in (0..len).zip(groups) {
+            let slot = &mut next[group as usize];
+            order[*slot as usize] = index;
+            *slot += 1;
+        }
+        drop(next);
+        // Each group sorted by value, its distinct values moved down to
+        // `written` (never past where the group started, so in place).
+        let mut written = 0u32;
+        let mut start = 0u32;
+        for group in 0..num_groups {
+            let end = starts[group + 1];
+            let members = &mut order[start as usize..end as usize];
+            if members.len() > 1 {
+                members.sort_unstable_by(|&a, &b| {
+                    values.item(a as usize).cmp(&values.item(b as usize))
+                });
+            }
+            let mut previous = None;
+            for position in start..end {
+                let index = order[position as usize];
+                let value = values.item(index as usize);
+                if previous != Some(value) {
+                    order[written as usize] = index;
+                    written += 1;
+                    previous = Some(value);
+                }
+            }
+            starts[group + 1] = written;
+            start = end;
+        }
+        order.truncate(written as usize);
+        Ok(Self {
+            values,
+            order,
+            starts,
+        })
+    }
+
+    /// `num_groups` groups without values (an aggregate's default answer).
+    pub fn empty(num_groups: usize) -> Self {
+        Self {
+            values: L::default(),
+            order: Vec::new(),
+            starts: vec![0; num_groups + 1],
+        }
+    }
+
+    /// Number of groups.
+    pub fn num_groups(&self) -> usize {
+        self.starts.len() - 1
+    }
+
+    /// Number of distinct values of `group`.
+    pub fn group_len(&self, group: usize) -> usize {
+        (self.starts[group + 1] - self.starts[group]) as usize
+    }
+
+    /// The distinct values of `group`, ascending.
+    pub fn group(&self, group: usize) -> impl Iterator<Item = L::Item<'_>> + '_ {
+        let members = &self.order[self.starts[group] as usize..self.starts[group + 1] as usize];
+        members
+            .iter()
+            .map(|&index| self.values.item(index as usize))
+    }
+
+    /// Every group's distinct values, group after group.
+    pub fn all_values(&self) -> impl Iterator<Item = L::Item<'_>> + '_ {
+        self.order
+            .iter()
+            .map(|&index| self.values.item(index as usize))
+    }
+
+    /// Where each group starts in [`Self::all_values`], and a last end.
+    pub fn offsets(&self) -> &[u32] {
+        &self.starts
     }
 }
 
@@ -87,21 +275,70 @@ impl<T: Ord> DedupGroups<T> {
 mod tests {
     use super::*;
 
+    fn groups_of<L: LogValues>(taken: &Taken<L>) -> Vec<Vec<L::Item<'_>>> {
+        (0..taken.num_groups())
+            .map(|group| taken.group(group).collect())
+            .collect()
+    }
+
     #[test]
-    fn repeats_are_removed_and_counted_once() {
-        let mut groups = DedupGroups::<u64>::new(|_| 0);
-        groups.grow(2);
-        for value in (0..1000).map(|index| index % 3) {
-            groups.add(0, value);
+    fn repeats_are_removed_and_values_sorted_per_group() -> Result<()> {
+        let mut log = DedupGroups::<Vec<u64>>::default();
+        log.grow(3)?;
+        for value in (0..1000).map(|index| (1000 - index) % 3) {
+            log.add(0, value);
         }
-        // Many distinct values force compactions that must keep them all.
-        for value in 0..500 {
-            groups.add(1, value);
-            groups.add(1, value);
+        for value in (0..500).rev() {
+            log.add(2, value);
+            log.add(2, value);
+            log.add(0, 7);
         }
-        let taken = groups.take(EmitTo::All);
-        assert_eq!(taken[0], vec![0, 1, 2]);
-        assert_eq!(taken[1], (0..500).collect::<Vec<u64>>());
-        assert_eq!(groups.size(), 0);
+        // Group 1 gets nothing.
+        let taken = log.take(EmitTo::All)?;
+        assert_eq!(
+            groups_of(&taken),
+            vec![vec![0, 1, 2, 7], vec![], (0..500).collect::<Vec<u64>>()]
+        );
+        assert_eq!(taken.offsets(), &[0, 4, 4, 504]);
+        assert_eq!(log.size(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn strings_are_compared_by_their_bytes() -> Result<()> {
+        let mut log = DedupGroups::<StringLog>::default();
+        log.grow(2)?;
+        for (group, value) in [
+            (1, "/b"),
+            (0, "/z"),
+            (1, "/a"),
+            (1, "/b"),
+            (0, ""),
+            (1, "/b"),
+        ] {
+            log.add(group, value.as_bytes());
+        }
+        let taken = log.take(EmitTo::All)?;
+        let expected: Vec<Vec<&[u8]>> = vec![vec![b"", b"/z"], vec![b"/a", b"/b"]];
+        assert_eq!(groups_of(&taken), expected);
+        Ok(())
+    }
+
+    #[test]
+    fn taking_the_first_groups_renumbers_the_rest() -> Result<()> {
+        let mut log = DedupGroups::<Vec<u64>>::default();
+        log.grow(4)?;
+        for (group, value) in [(3, 30), (0, 1), (2, 20), (1, 10), (0, 1), (3, 31), (0, 2)] {
+            log.add(group, value);
+        }
+        let first = log.take(EmitTo::First(2))?;
+        assert_eq!(groups_of(&first), vec![vec![1, 2], vec![10]]);
+        // Groups 2 and 3 are now 0 and 1; a new group 2 can be added.
+        log.grow(3)?;
+        log.add(2, 5);
+        log.add(0, 21);
+        let rest = log.take(EmitTo::All)?;
+        assert_eq!(groups_of(&rest), vec![vec![20, 21], vec![30, 31], vec![5]]);
+        Ok(())
     }
 }

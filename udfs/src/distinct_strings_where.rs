@@ -7,16 +7,17 @@
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{ArrayRef, BooleanArray, ListArray, StringArray};
-use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::cast::as_string_array;
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::{Result, ScalarValue, exec_err};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, GroupsAccumulator, Signature,
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
+use crate::dedup_groups::{StringLog, Taken};
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
     for_each_qualifying_row,
@@ -79,9 +80,9 @@ impl AggregateUDFImpl for DistinctStringsWhere {
     }
 
     fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
-        Ok(ScalarValue::List(Arc::new(strings_to_list(vec![
-            Vec::new(),
-        ])?)))
+        Ok(ScalarValue::List(Arc::new(strings_to_list(Taken::empty(
+            1,
+        ))?)))
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
@@ -116,48 +117,62 @@ impl AggregateUDFImpl for DistinctStringsWhere {
 #[derive(Debug)]
 struct Strings;
 
-fn strings_to_list(groups: Vec<Vec<String>>) -> Result<ListArray> {
-    let lengths: Vec<usize> = groups.iter().map(Vec::len).collect();
-    let values = StringArray::from(groups.into_iter().flatten().collect::<Vec<String>>());
+fn strings_to_list(groups: Taken<StringLog>) -> Result<ListArray> {
+    let mut bytes = Vec::new();
+    let mut ends = Vec::with_capacity(groups.offsets().last().map_or(0, |&end| end as usize));
+    ends.push(0i32);
+    for value in groups.all_values() {
+        bytes.extend_from_slice(value);
+        let Ok(end) = i32::try_from(bytes.len()) else {
+            return exec_err!(
+                "{NAME}: more than {} bytes of strings in one batch",
+                i32::MAX
+            );
+        };
+        ends.push(end);
+    }
+    // The bytes are whole strings that came from string arrays; `try_new`
+    // checks them again.
+    let values = StringArray::try_new(
+        OffsetBuffer::new(ScalarBuffer::from(ends)),
+        Buffer::from_vec(bytes),
+        None,
+    )?;
+    let offsets = groups.offsets().iter().map(|&offset| offset as i32);
     Ok(ListArray::try_new(
         list_field(),
-        OffsetBuffer::from_lengths(lengths),
+        OffsetBuffer::new(ScalarBuffer::from_iter(offsets)),
         Arc::new(values),
         None,
     )?)
 }
 
 impl DistinctKind for Strings {
-    type Value = String;
+    type Log = StringLog;
     const NAME: &'static str = NAME;
-
-    fn weigh(value: &String) -> usize {
-        value.capacity()
-    }
 
     fn for_each_kept(
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
-        mut add: impl FnMut(usize, String),
+        mut add: impl FnMut(usize, &[u8]),
     ) -> Result<()> {
         for_each_qualifying_row(values, opt_filter, NAME, |row, value| {
-            add(row, value.to_string())
+            add(row, value.as_bytes())
         })
     }
 
-    fn from_state(list: &ArrayRef) -> Result<Vec<String>> {
-        Ok(as_string_array(list)?
-            .iter()
-            .flatten()
-            .map(str::to_string)
-            .collect())
+    fn for_each_in_state(list: &ArrayRef, mut add: impl FnMut(&[u8])) -> Result<()> {
+        for value in as_string_array(list)?.iter().flatten() {
+            add(value.as_bytes());
+        }
+        Ok(())
     }
 
-    fn to_state(groups: Vec<Vec<String>>) -> Result<ArrayRef> {
+    fn to_state(groups: Taken<StringLog>) -> Result<ArrayRef> {
         Ok(Arc::new(strings_to_list(groups)?))
     }
 
-    fn finish(groups: Vec<Vec<String>>) -> Result<ArrayRef> {
+    fn finish(groups: Taken<StringLog>) -> Result<ArrayRef> {
         Ok(Arc::new(strings_to_list(groups)?))
     }
 }

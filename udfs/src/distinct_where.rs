@@ -14,30 +14,31 @@ use datafusion::common::{Result, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{Accumulator, EmitTo, GroupsAccumulator};
 
 use crate::args::{coerce_to_utf8, is_true};
-use crate::dedup_groups::DedupGroups;
+use crate::dedup_groups::{DedupGroups, LogValues, Taken};
 
 /// What a distinct-where aggregate keeps per value and how it answers.
 pub trait DistinctKind: Debug + Send + Sync + 'static {
-    /// The kept form of one value (a hash, the string itself, …).
-    type Value: Ord + Clone + Debug + Send + Sync;
+    /// How the kept values are stored (hashes, or the strings themselves).
+    type Log: LogValues;
     /// The function's SQL name, for error messages.
     const NAME: &'static str;
-    /// Heap bytes of one kept value, for memory accounting.
-    fn weigh(value: &Self::Value) -> usize;
     /// Calls `add(row, kept value)` for each input row that contributes a
     /// value and that `opt_filter` keeps.
     fn for_each_kept(
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
-        add: impl FnMut(usize, Self::Value),
+        add: impl FnMut(usize, LogItem<'_, Self>),
     ) -> Result<()>;
-    /// The kept values inside one partial-state list.
-    fn from_state(list: &ArrayRef) -> Result<Vec<Self::Value>>;
+    /// Calls `add` for each kept value inside one partial-state list.
+    fn for_each_in_state(list: &ArrayRef, add: impl FnMut(LogItem<'_, Self>)) -> Result<()>;
     /// Partial states: one list per group.
-    fn to_state(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
+    fn to_state(groups: Taken<Self::Log>) -> Result<ArrayRef>;
     /// Final answers: one per group, from its sorted distinct values.
-    fn finish(groups: Vec<Vec<Self::Value>>) -> Result<ArrayRef>;
+    fn finish(groups: Taken<Self::Log>) -> Result<ArrayRef>;
 }
+
+/// One kept value of the distinct kind `K`.
+pub type LogItem<'a, K> = <<K as DistinctKind>::Log as LogValues>::Item<'a>;
 
 /// The argument types of every distinct-where aggregate: a string value and a
 /// boolean condition.
@@ -81,14 +82,14 @@ pub fn for_each_qualifying_row(
 /// Per-group kept values of a distinct-where aggregate.
 #[derive(Debug)]
 pub struct DistinctGroups<K: DistinctKind> {
-    values: DedupGroups<K::Value>,
+    values: DedupGroups<K::Log>,
     kind: PhantomData<K>,
 }
 
 impl<K: DistinctKind> Default for DistinctGroups<K> {
     fn default() -> Self {
         Self {
-            values: DedupGroups::new(K::weigh),
+            values: DedupGroups::default(),
             kind: PhantomData,
         }
     }
@@ -102,7 +103,7 @@ impl<K: DistinctKind> DistinctGroups<K> {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.values.grow(total_num_groups);
+        self.values.grow(total_num_groups)?;
         let groups = &mut self.values;
         K::for_each_kept(values, opt_filter, |row, value| {
             groups.add(group_indices[row], value)
@@ -119,26 +120,25 @@ impl<K: DistinctKind> DistinctGroups<K> {
             return exec_err!("{}: missing state column", K::NAME);
         };
         let lists = as_list_array(lists)?;
-        self.values.grow(total_num_groups);
+        self.values.grow(total_num_groups)?;
         for (row, &group) in group_indices.iter().enumerate() {
             if lists.is_null(row) {
                 continue;
             }
-            for value in K::from_state(&lists.value(row))? {
-                self.values.add(group, value);
-            }
+            K::for_each_in_state(&lists.value(row), |value| self.values.add(group, value))?;
         }
         Ok(())
     }
 
     /// The one group of an aggregate without `GROUP BY`, kept for later batches.
-    fn single_group(&mut self) -> Vec<K::Value> {
-        let values = self.values.take(EmitTo::All).pop().unwrap_or_default();
-        self.values.grow(1);
-        for value in &values {
-            self.values.add(0, value.clone());
+    fn single_group(&mut self) -> Result<Taken<K::Log>> {
+        self.values.grow(1)?;
+        let taken = self.values.take(EmitTo::All)?;
+        self.values.grow(1)?;
+        for value in taken.group(0) {
+            self.values.add(0, value);
         }
-        values
+        Ok(taken)
     }
 }
 
@@ -154,11 +154,11 @@ impl<K: DistinctKind> GroupsAccumulator for DistinctGroups<K> {
     }
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        K::finish(self.values.take(emit_to))
+        K::finish(self.values.take(emit_to)?)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![K::to_state(self.values.take(emit_to))?])
+        Ok(vec![K::to_state(self.values.take(emit_to)?)?])
     }
 
     fn merge_batch(
@@ -183,7 +183,7 @@ impl<K: DistinctKind> GroupsAccumulator for DistinctGroups<K> {
         let rows = values.first().map_or(0, |column| column.len());
         let mut single = Self::default();
         single.fold_rows(values, &(0..rows).collect::<Vec<_>>(), opt_filter, rows)?;
-        Ok(vec![K::to_state(single.values.take(EmitTo::All))?])
+        Ok(vec![K::to_state(single.values.take(EmitTo::All)?)?])
     }
 }
 
@@ -213,12 +213,12 @@ impl<K: DistinctKind> Accumulator for SingleDistinct<K> {
     }
 
     fn evaluate(&mut self) -> Result<ScalarValue> {
-        ScalarValue::try_from_array(&K::finish(vec![self.groups.single_group()])?, 0)
+        ScalarValue::try_from_array(&K::finish(self.groups.single_group()?)?, 0)
     }
 
     fn state(&mut self) -> Result<Vec<ScalarValue>> {
         Ok(vec![ScalarValue::try_from_array(
-            &K::to_state(vec![self.groups.single_group()])?,
+            &K::to_state(self.groups.single_group()?)?,
             0,
         )?])
     }

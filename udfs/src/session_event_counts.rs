@@ -22,7 +22,8 @@ use datafusion::logical_expr::{
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, coerce_to_utf8, documented_signature, is_true};
-use crate::count_distinct_where::{HASH_SEED, hashes_from_state, hashes_to_list};
+use crate::count_distinct_where::{HASH_SEED, for_each_hash_in_state, hashes_to_list};
+use crate::dedup_groups::Taken;
 use crate::distinct_where::{DistinctGroups, DistinctKind, SingleDistinct};
 use crate::stable_hash::stable_hash64_words;
 
@@ -137,7 +138,7 @@ impl AggregateUDFImpl for SessionEventCounts {
     }
 
     fn default_value(&self, _data_type: &DataType) -> Result<ScalarValue> {
-        ScalarValue::try_from_array(&counts_array(vec![Vec::new()])?, 0)
+        ScalarValue::try_from_array(&counts_array(Taken::empty(1))?, 0)
     }
 
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
@@ -170,12 +171,12 @@ impl AggregateUDFImpl for SessionEventCounts {
 }
 
 /// The struct answer, one row per group, from its sorted distinct kept values.
-fn counts_array(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+fn counts_array(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
     let mut columns: [Vec<i64>; 4] = Default::default();
-    for kept in &groups {
+    for group in 0..groups.num_groups() {
         let mut counts = [0i64; 4];
         let mut previous_uuid = None;
-        for value in kept {
+        for value in groups.group(group) {
             let kind = value & KIND_BITS;
             if kind != EventKind::Other as u64 {
                 counts[kind as usize] += 1;
@@ -207,12 +208,8 @@ fn counts_array(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
 struct KindedHashes;
 
 impl DistinctKind for KindedHashes {
-    type Value = u64;
+    type Log = Vec<u64>;
     const NAME: &'static str = NAME;
-
-    fn weigh(_value: &u64) -> usize {
-        0
-    }
 
     /// Every row with a uuid counts (its event, null or not, only picks the kind).
     fn for_each_kept(
@@ -236,15 +233,15 @@ impl DistinctKind for KindedHashes {
         Ok(())
     }
 
-    fn from_state(list: &ArrayRef) -> Result<Vec<u64>> {
-        hashes_from_state(list)
+    fn for_each_in_state(list: &ArrayRef, add: impl FnMut(u64)) -> Result<()> {
+        for_each_hash_in_state(list, add)
     }
 
-    fn to_state(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+    fn to_state(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
         hashes_to_list(groups)
     }
 
-    fn finish(groups: Vec<Vec<u64>>) -> Result<ArrayRef> {
+    fn finish(groups: Taken<Vec<u64>>) -> Result<ArrayRef> {
         counts_array(groups)
     }
 }
