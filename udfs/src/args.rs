@@ -2,6 +2,7 @@
 //! arrays, and the documentation section every sessionql function belongs to.
 
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
+use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::cast::as_string_array;
 use datafusion::common::{Result, exec_err, plan_err};
@@ -20,6 +21,15 @@ pub const SESSIONQL_DOC_SECTION: DocSection = DocSection {
 /// of the full sessions table's instructions.
 pub fn is_true(array: &BooleanArray, row: usize) -> bool {
     array.is_valid(row) && array.values().value(row)
+}
+
+/// The rows where `array` is true (valid and set), as a bitmap: the values
+/// ANDed with the validity, a 64-row word at a time.
+pub fn true_rows(array: &BooleanArray) -> BooleanBuffer {
+    match array.nulls() {
+        Some(nulls) => array.values() & nulls.inner(),
+        None => array.values().clone(),
+    }
 }
 
 /// A signature whose argument types our own `coerce_types` decides (so errors

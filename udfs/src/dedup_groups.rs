@@ -10,13 +10,14 @@
 //! repeats the one just added to the same group (a page reloaded, an event
 //! sent twice in a row) is not added at all.
 
+use std::cmp::Ordering;
 use std::fmt::Debug;
 
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 
 /// How a log stores its values: 64-bit hashes inline, strings in one arena.
-pub trait LogValues: Default + Debug + Send + Sync {
+pub trait LogValues: Default + Debug + Send + Sync + Sized {
     /// One value as it is added and compared.
     type Item<'a>: Ord + Copy;
     /// The value at `index` (an index of a value pushed earlier).
@@ -27,6 +28,12 @@ pub trait LogValues: Default + Debug + Send + Sync {
     fn push(&mut self, item: Self::Item<'_>);
     /// Heap bytes held, for memory accounting.
     fn heap_bytes(&self) -> usize;
+    /// The values sorted by group (`groups[i]` is value i's group, each below
+    /// `num_groups`), each group ascending without repeats. Any log can sort
+    /// the positions of its values; a log of numbers sorts the numbers.
+    fn into_taken(self, groups: &[u32], num_groups: usize) -> Result<Taken<Self>> {
+        take_by_position(self, groups, num_groups)
+    }
 }
 
 /// 64-bit hashes, kept inline.
@@ -47,6 +54,17 @@ impl LogValues for Vec<u64> {
 
     fn heap_bytes(&self) -> usize {
         self.capacity() * size_of::<u64>()
+    }
+
+    /// Sorts the hashes themselves: no indirection in the comparisons.
+    fn into_taken(self, groups: &[u32], num_groups: usize) -> Result<Taken<Self>> {
+        let (mut starts, mut sorted) = place_by_group(groups, num_groups, |index| self[index])?;
+        sort_and_dedup_groups(&mut sorted, &mut starts, u64::cmp);
+        Ok(Taken {
+            values: sorted,
+            order: None,
+            starts,
+        })
     }
 }
 
@@ -130,7 +148,7 @@ impl<L: LogValues> DedupGroups<L> {
             self.split_off_first(taken_groups)
         };
         self.num_groups -= taken_groups;
-        Taken::sorted(&groups, values, taken_groups)
+        values.into_taken(&groups, taken_groups)
     }
 
     /// The values of groups below `count`, leaving the others renumbered.
@@ -165,77 +183,99 @@ impl<L: LogValues> DedupGroups<L> {
 #[derive(Debug)]
 pub struct Taken<L: LogValues> {
     values: L,
-    /// Indexes into `values`: group 0's distinct values in order, then group 1's, ….
-    order: Vec<u32>,
-    /// Where each group's indexes start in `order`, and a last end.
+    /// Indexes into `values` in answer order (group 0's distinct values,
+    /// then group 1's, …); `None` when `values` itself is in that order.
+    order: Option<Vec<u32>>,
+    /// Where each group starts in answer order, and a last end.
     starts: Vec<u32>,
 }
 
-impl<L: LogValues> Taken<L> {
-    /// Sorts `values` (in `group` order) by group, then each group by value,
-    /// dropping repeats.
-    fn sorted(groups: &[u32], values: L, num_groups: usize) -> Result<Self> {
-        let Ok(len) = u32::try_from(groups.len()) else {
-            return exec_err!(
-                "{} values in one aggregate: at most {} are supported",
-                groups.len(),
-                u32::MAX
-            );
-        };
-        // Counting sort: `starts[g + 1]` counts group g, then becomes its end.
-        let mut starts = vec![0u32; num_groups + 1];
-        for &group in groups {
-            starts[group as usize + 1] += 1;
-        }
-        for group in 0..num_groups {
-            starts[group + 1] += starts[group];
-        }
-        let mut next = starts.clone();
-        let mut order = vec![0u32; len as usize];
-        for (index, &group) in (0..len).zip(groups) {
-            let slot = &mut next[group as usize];
-            order[*slot as usize] = index;
-            *slot += 1;
-        }
-        drop(next);
-        // Each group sorted by value, its distinct values moved down to
-        // `written` (never past where the group started, so in place).
-        let mut written = 0u32;
-        let mut start = 0u32;
-        for group in 0..num_groups {
-            let end = starts[group + 1];
-            let members = &mut order[start as usize..end as usize];
-            if members.len() > 1 {
-                members.sort_unstable_by(|&a, &b| {
-                    values.item(a as usize).cmp(&values.item(b as usize))
-                });
-            }
-            let mut previous = None;
-            for position in start..end {
-                let index = order[position as usize];
-                let value = values.item(index as usize);
-                if previous != Some(value) {
-                    order[written as usize] = index;
-                    written += 1;
-                    previous = Some(value);
-                }
-            }
-            starts[group + 1] = written;
-            start = end;
-        }
-        order.truncate(written as usize);
-        Ok(Self {
-            values,
-            order,
-            starts,
-        })
+/// Counting sort by group: returns `(starts, placed)` where group g's values
+/// are `placed[starts[g]..starts[g + 1]]`, in arrival order, each value `i`
+/// placed as `place(i)`.
+fn place_by_group<T: Copy + Default>(
+    groups: &[u32],
+    num_groups: usize,
+    place: impl Fn(usize) -> T,
+) -> Result<(Vec<u32>, Vec<T>)> {
+    if u32::try_from(groups.len()).is_err() {
+        return exec_err!(
+            "{} values in one aggregate: at most {} are supported",
+            groups.len(),
+            u32::MAX
+        );
     }
+    // `starts[g + 1]` counts group g, then becomes its end.
+    let mut starts = vec![0u32; num_groups + 1];
+    for &group in groups {
+        starts[group as usize + 1] += 1;
+    }
+    for group in 0..num_groups {
+        starts[group + 1] += starts[group];
+    }
+    let mut next = starts.clone();
+    let mut placed = vec![T::default(); groups.len()];
+    for (index, &group) in groups.iter().enumerate() {
+        let slot = &mut next[group as usize];
+        placed[*slot as usize] = place(index);
+        *slot += 1;
+    }
+    Ok((starts, placed))
+}
 
+/// Sorts each group's part of `placed` and keeps its distinct items, moved
+/// down to close the gaps (never past where the group started, so in
+/// place); `starts` is updated to match.
+fn sort_and_dedup_groups<T: Copy>(
+    placed: &mut Vec<T>,
+    starts: &mut [u32],
+    compare: impl Fn(&T, &T) -> Ordering,
+) {
+    let mut written = 0usize;
+    let mut start = 0usize;
+    for group_end in starts.iter_mut().skip(1) {
+        let end = *group_end as usize;
+        let members = &mut placed[start..end];
+        if members.len() > 1 {
+            members.sort_unstable_by(&compare);
+        }
+        for position in start..end {
+            let item = placed[position];
+            if position == start || compare(&placed[written - 1], &item) != Ordering::Equal {
+                placed[written] = item;
+                written += 1;
+            }
+        }
+        // At most `placed.len()`, which `place_by_group` kept within u32.
+        *group_end = written as u32;
+        start = end;
+    }
+    placed.truncate(written);
+}
+
+/// Any log: the positions of its values are sorted, the values stay put.
+fn take_by_position<L: LogValues>(
+    values: L,
+    groups: &[u32],
+    num_groups: usize,
+) -> Result<Taken<L>> {
+    let (mut starts, mut order) = place_by_group(groups, num_groups, |index| index as u32)?;
+    sort_and_dedup_groups(&mut order, &mut starts, |&a, &b| {
+        values.item(a as usize).cmp(&values.item(b as usize))
+    });
+    Ok(Taken {
+        values,
+        order: Some(order),
+        starts,
+    })
+}
+
+impl<L: LogValues> Taken<L> {
     /// `num_groups` groups without values (an aggregate's default answer).
     pub fn empty(num_groups: usize) -> Self {
         Self {
             values: L::default(),
-            order: Vec::new(),
+            order: None,
             starts: vec![0; num_groups + 1],
         }
     }
@@ -250,19 +290,23 @@ impl<L: LogValues> Taken<L> {
         (self.starts[group + 1] - self.starts[group]) as usize
     }
 
+    /// The value at `position` in answer order.
+    fn at(&self, position: u32) -> L::Item<'_> {
+        match &self.order {
+            Some(order) => self.values.item(order[position as usize] as usize),
+            None => self.values.item(position as usize),
+        }
+    }
+
     /// The distinct values of `group`, ascending.
     pub fn group(&self, group: usize) -> impl Iterator<Item = L::Item<'_>> + '_ {
-        let members = &self.order[self.starts[group] as usize..self.starts[group + 1] as usize];
-        members
-            .iter()
-            .map(|&index| self.values.item(index as usize))
+        (self.starts[group]..self.starts[group + 1]).map(|position| self.at(position))
     }
 
     /// Every group's distinct values, group after group.
     pub fn all_values(&self) -> impl Iterator<Item = L::Item<'_>> + '_ {
-        self.order
-            .iter()
-            .map(|&index| self.values.item(index as usize))
+        let end = self.starts.last().copied().unwrap_or(0);
+        (0..end).map(|position| self.at(position))
     }
 
     /// Where each group starts in [`Self::all_values`], and a last end.
