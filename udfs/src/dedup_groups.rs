@@ -13,6 +13,7 @@
 use std::cmp::Ordering;
 use std::fmt::Debug;
 
+use datafusion::arrow::buffer::{OffsetBuffer, ScalarBuffer};
 use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 
@@ -305,13 +306,26 @@ impl<L: LogValues> Taken<L> {
 
     /// Every group's distinct values, group after group.
     pub fn all_values(&self) -> impl Iterator<Item = L::Item<'_>> + '_ {
-        let end = self.starts.last().copied().unwrap_or(0);
-        (0..end).map(|position| self.at(position))
+        (0..self.num_values() as u32).map(|position| self.at(position))
     }
 
-    /// Where each group starts in [`Self::all_values`], and a last end.
-    pub fn offsets(&self) -> &[u32] {
-        &self.starts
+    /// Where each group starts in [`Self::all_values`], and a last end, as
+    /// the offsets of a list array (one list per group).
+    pub fn list_offsets(&self) -> Result<OffsetBuffer<i32>> {
+        let offsets = self
+            .starts
+            .iter()
+            .map(|&start| i32::try_from(start))
+            .collect::<std::result::Result<Vec<i32>, _>>();
+        match offsets {
+            Ok(offsets) => Ok(OffsetBuffer::new(ScalarBuffer::from(offsets))),
+            Err(_) => exec_err!("more than {} values in one list array", i32::MAX),
+        }
+    }
+
+    /// Number of distinct values over all groups.
+    pub fn num_values(&self) -> usize {
+        self.starts.last().map_or(0, |&end| end as usize)
     }
 }
 
@@ -343,7 +357,7 @@ mod tests {
             groups_of(&taken),
             vec![vec![0, 1, 2, 7], vec![], (0..500).collect::<Vec<u64>>()]
         );
-        assert_eq!(taken.offsets(), &[0, 4, 4, 504]);
+        assert_eq!(taken.list_offsets()?.as_ref(), &[0, 4, 4, 504]);
         assert_eq!(log.size(), 0);
         Ok(())
     }

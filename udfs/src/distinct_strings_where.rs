@@ -2,7 +2,8 @@
 //! values among the rows where `condition` is true, as a list (empty when
 //! none). The `urls` column of spec §2 is this over pageview/screen URLs.
 //! DataFusion's `array_agg(DISTINCT …) FILTER (…)` keeps a hash set of
-//! `ScalarValue`s per group; this keeps plain strings, deduplicated lazily.
+//! `ScalarValue`s per group; this keeps the strings' bytes in one arena per
+//! aggregate (`dedup_groups`), deduplicated when the lists are built.
 
 use std::sync::{Arc, LazyLock};
 
@@ -119,7 +120,7 @@ struct Strings;
 
 fn strings_to_list(groups: Taken<StringLog>) -> Result<ListArray> {
     let mut bytes = Vec::new();
-    let mut ends = Vec::with_capacity(groups.offsets().last().map_or(0, |&end| end as usize));
+    let mut ends = Vec::with_capacity(groups.num_values() + 1);
     ends.push(0i32);
     for value in groups.all_values() {
         bytes.extend_from_slice(value);
@@ -138,10 +139,9 @@ fn strings_to_list(groups: Taken<StringLog>) -> Result<ListArray> {
         Buffer::from_vec(bytes),
         None,
     )?;
-    let offsets = groups.offsets().iter().map(|&offset| offset as i32);
     Ok(ListArray::try_new(
         list_field(),
-        OffsetBuffer::new(ScalarBuffer::from_iter(offsets)),
+        groups.list_offsets()?,
         Arc::new(values),
         None,
     )?)

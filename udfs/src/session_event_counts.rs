@@ -89,7 +89,7 @@ static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
         "The event counts of a session in one pass: a struct of pageview_count, \
          autocapture_count, screen_count (distinct uuids of $pageview, $autocapture, \
          $screen events) and event_count (distinct uuids of all events). Rows with a \
-         null uuid are skipped. Memory: 8 bytes per row.",
+         null uuid are skipped. Memory: 12 bytes per row.",
         "session_event_counts(uuid, event)",
     )
     .with_sql_example(
