@@ -271,6 +271,14 @@ mod tests {
             seen.push((row, value.to_string()))
         })?;
         assert_eq!(seen, vec![(0, "a".to_string())]);
+
+        // Sliced arrays (as DataFusion hands out parts of batches): rows 1..5.
+        let sliced: Vec<ArrayRef> = values.iter().map(|column| column.slice(1, 4)).collect();
+        seen.clear();
+        for_each_qualifying_row(&sliced, None, "test", |row, value| {
+            seen.push((row, value.to_string()))
+        })?;
+        assert_eq!(seen, vec![(3, "e".to_string())]);
         Ok(())
     }
 }
