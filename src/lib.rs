@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod listen;
 pub mod one_phase_sessions;
 pub mod output;
+pub mod plan_rewrite;
 pub mod postgres;
 pub mod repeated_keys;
 pub mod session_time_filter;

@@ -21,13 +21,14 @@
 use std::sync::Arc;
 
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::error::Result;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::Partitioning;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::repartition::RepartitionExec;
+
+use crate::plan_rewrite::rewrite_bottom_up;
 
 /// Aggregate functions whose groups are sessions: an aggregate using one of
 /// them is planned in one phase.
@@ -48,13 +49,7 @@ impl PhysicalOptimizerRule for OnePhaseSessions {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match one_phase(&node)? {
-                Some(rewritten) => Transformed::yes(rewritten),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        rewrite_bottom_up(plan, one_phase)
     }
 
     fn name(&self) -> &str {

@@ -37,7 +37,7 @@ use datafusion::arrow::datatypes::{ByteArrayType, DataType, GenericStringType};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::hash_utils::{RandomState, create_hashes};
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
@@ -52,6 +52,8 @@ use datafusion::physical_plan::metrics::{
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
+
+use crate::plan_rewrite::rewrite_bottom_up;
 
 /// Slots of the table of recent keys: each holds the row of the last key
 /// that hashed to it. 1024 slots (12 KiB) stay in the first-level cache and
@@ -332,13 +334,7 @@ impl PhysicalOptimizerRule for DropRepeatedKeys {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match with_repeats_dropped(&node)? {
-                Some(rewritten) => Transformed::yes(rewritten),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        rewrite_bottom_up(plan, with_repeats_dropped)
     }
 
     fn name(&self) -> &str {

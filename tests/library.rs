@@ -51,6 +51,22 @@ fn pageviews_table() -> Arc<MemTable> {
     Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())
 }
 
+/// The values of an `Int64` column over all `batches`, in order.
+fn int64_column(batches: &[RecordBatch], index: usize) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .column(index)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .unwrap()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
 async fn session_counts(context: &datafusion::prelude::SessionContext) -> Vec<i64> {
     let batches = context
         .sql("SELECT event_count FROM sessions ORDER BY start_timestamp")
@@ -59,17 +75,7 @@ async fn session_counts(context: &datafusion::prelude::SessionContext) -> Vec<i6
         .collect()
         .await
         .unwrap();
-    batches
-        .iter()
-        .flat_map(|batch| {
-            let counts = batch
-                .column(0)
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .unwrap();
-            counts.values().to_vec()
-        })
-        .collect()
+    int64_column(&batches, 0)
 }
 
 #[tokio::test]
@@ -299,18 +305,8 @@ async fn a_partial_aggregation_that_keeps_half_its_rows_is_skipped_locally() {
                GROUP BY 1 ORDER BY 1";
     let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
     let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
-    let counts = batches[0]
-        .column(1)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
-    assert_eq!(counts.values(), &[100_001, 100_000, 100_000]);
-    let rows = batches[0]
-        .column(2)
-        .as_any()
-        .downcast_ref::<Int64Array>()
-        .unwrap();
-    assert_eq!(rows.values(), &[200_000, 200_000, 200_000]);
+    assert_eq!(int64_column(&batches, 1), [100_001, 100_000, 100_000]);
+    assert_eq!(int64_column(&batches, 2), [200_000, 200_000, 200_000]);
     let skipped = skipped_aggregation_rows(&context, sql).await;
     assert!(
         skipped.iter().any(|rows| rows != "0"),
@@ -359,19 +355,11 @@ async fn repeated_keys_are_dropped_before_a_distinct_grouping() {
         let plan = physical_plan_of(&context, sql).await;
         assert!(plan.contains("DropRepeatedKeysExec"), "{plan}");
         let batches = context.sql(sql).await.unwrap().collect().await.unwrap();
-        let counts: Vec<i64> = batches
-            .iter()
-            .flat_map(|batch| {
-                batch
-                    .column(1)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(counts, [100_001, 100_000, 100_000], "{sql}");
+        assert_eq!(
+            int64_column(&batches, 1),
+            [100_001, 100_000, 100_000],
+            "{sql}"
+        );
     }
     // In runs: all 299,999 second rows but those whose pair a batch boundary
     // splits (a few dozen).
@@ -426,20 +414,9 @@ async fn a_local_session_sorts_below_its_in_place_threshold_in_one_pass() {
         .collect()
         .await
         .unwrap();
-    let rows: Vec<(i64, i64)> = sorted
-        .iter()
-        .flat_map(|batch| {
-            let column = |index: usize| {
-                batch
-                    .column(index)
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .unwrap()
-                    .values()
-                    .to_vec()
-            };
-            column(0).into_iter().zip(column(1))
-        })
+    let rows: Vec<(i64, i64)> = int64_column(&sorted, 0)
+        .into_iter()
+        .zip(int64_column(&sorted, 1))
         .collect();
     assert_eq!(rows.len(), 100_000);
     assert_eq!(&rows[..2], &[(6, 6), (6, 13)]);
