@@ -365,6 +365,22 @@ fn report_ingest(summary: &IngestSummary, elapsed: std::time::Duration) {
     }
 }
 
+impl Command {
+    /// Whether the process ends when this command's work does (a query, a
+    /// benchmark, an ingest, a generation), as opposed to a server or the
+    /// shell, which wait for more work. The binary lets such commands keep
+    /// freed memory for reuse rather than give it back to the system.
+    pub fn ends_with_its_work(&self) -> bool {
+        match self {
+            Command::Query { .. }
+            | Command::Bench { .. }
+            | Command::Ingest { .. }
+            | Command::Generate { .. } => true,
+            _ => false,
+        }
+    }
+}
+
 /// Runs a parsed command line; errors become one line on stderr and exit code 1.
 pub async fn run(cli: Cli) -> ExitCode {
     match execute(cli).await {

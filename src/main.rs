@@ -15,6 +15,33 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc 3's `mi_option_purge_delay` (its `mimalloc.h`); libmimalloc-sys
+/// names only mimalloc 2's options.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Keeps memory that one operator frees committed for the next, instead of
+/// mimalloc handing it back to the kernel a second later, for commands whose
+/// process ends with their work (a query, a benchmark, an ingest). A query
+/// frees and allocates batches all along; every page handed back was touched
+/// again as a fresh page fault. The full sessions table at 10M events: page
+/// faults 0.84M → 0.62M, system time 2.2 → 1.6 s, wall 5.6 → 5.3 s (medians
+/// of four alternating runs), peak resident memory 2.2 → 2.5 GiB (README,
+/// speed). Servers and the shell keep mimalloc's default and give memory
+/// back between queries. `MIMALLOC_PURGE_DELAY`, when set, wins.
+fn keep_freed_memory() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: two calls into mimalloc with plain integers, no pointers; the
+    // option's number is mimalloc 3's (checked by its version) and -1 is its
+    // documented "never purge".
+    unsafe {
+        if libmimalloc_sys::mi_version() / 10_000 == 3 {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
+    }
+}
+
 /// Warnings, sessionql's own progress, and not Ballista's client-side log of
 /// a failed job: the CLI prints that error itself, as one `error:` line.
 const DEFAULT_LOG_FILTER: &str =
@@ -30,5 +57,9 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
         .init();
-    sessionql::cli::run(sessionql::cli::Cli::parse()).await
+    let cli = sessionql::cli::Cli::parse();
+    if cli.command.ends_with_its_work() {
+        keep_freed_memory();
+    }
+    sessionql::cli::run(cli).await
 }
