@@ -371,13 +371,13 @@ impl Command {
     /// shell, which wait for more work. The binary lets such commands keep
     /// freed memory for reuse rather than give it back to the system.
     pub fn ends_with_its_work(&self) -> bool {
-        match self {
+        matches!(
+            self,
             Command::Query { .. }
-            | Command::Bench { .. }
-            | Command::Ingest { .. }
-            | Command::Generate { .. } => true,
-            _ => false,
-        }
+                | Command::Bench { .. }
+                | Command::Ingest { .. }
+                | Command::Generate { .. }
+        )
     }
 }
 
@@ -639,5 +639,31 @@ async fn execute(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(args: &[&str]) -> Command {
+        let mut line = vec!["sessionql"];
+        line.extend_from_slice(args);
+        match Cli::try_parse_from(line) {
+            Ok(cli) => cli.command,
+            Err(error) => panic!("{args:?} should parse: {error}"),
+        }
+    }
+
+    /// Commands that finish and exit may keep freed memory; the ones that
+    /// wait for more work (servers, the shell) must not.
+    #[test]
+    fn one_shot_commands_are_told_apart_from_waiting_ones() {
+        assert!(command(&["query", "SELECT 1"]).ends_with_its_work());
+        assert!(command(&["bench", "--events", "1000"]).ends_with_its_work());
+        assert!(command(&["ingest", "--out", "/tmp/x", "-"]).ends_with_its_work());
+        assert!(command(&["generate", "--out", "/tmp/x"]).ends_with_its_work());
+        assert!(!command(&["shell"]).ends_with_its_work());
+        assert!(!command(&["serve"]).ends_with_its_work());
     }
 }
