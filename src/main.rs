@@ -19,25 +19,31 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// names only mimalloc 2's options.
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Keeps memory that one operator frees committed for the next, instead of
-/// mimalloc handing it back to the kernel a second later, for commands whose
-/// process ends with their work (a query, a benchmark, an ingest). A query
-/// frees and allocates batches all along; every page handed back was touched
-/// again as a fresh page fault. The full sessions table at 10M events: page
-/// faults 0.84M → 0.62M, system time 2.2 → 1.6 s, wall 5.6 → 5.3 s (medians
-/// of four alternating runs), peak resident memory 2.2 → 2.5 GiB (README,
-/// speed). Servers and the shell keep mimalloc's default and give memory
-/// back between queries. `MIMALLOC_PURGE_DELAY`, when set, wins.
+/// How long memory freed by a one-shot command stays committed for reuse
+/// before mimalloc hands it back to the kernel (its default is one second).
+const ONE_SHOT_PURGE_DELAY_MS: std::os::raw::c_long = 10_000;
+
+/// Keeps memory that one operator frees committed for the next for ten
+/// seconds instead of one, for commands whose process ends with their work
+/// (a query, a benchmark, an ingest). A query frees and allocates batches all
+/// along, and every page handed back was touched again as a fresh page
+/// fault. Full sessions table at 10M events (four alternating runs each):
+/// page faults 0.85M → 0.61M, system time 2.3 → 1.6 s, wall 5.68 → 5.49 s
+/// (medians), peak resident memory 2.1 → 2.5 GiB. Never purging went
+/// further at 10M but not at 50M (the same time, 12 against 8.6 GiB) and
+/// under a 4 GiB memory limit it was slower (68 s against 57 s); ten
+/// seconds there: 49 s, 8.9 against 7.7 GiB resident (README, speed).
+/// Servers and the shell keep mimalloc's default and give memory back
+/// between queries. `MIMALLOC_PURGE_DELAY`, when set, wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
     // SAFETY: two calls into mimalloc with plain integers, no pointers; the
-    // option's number is mimalloc 3's (checked by its version) and -1 is its
-    // documented "never purge".
+    // option's number is mimalloc 3's, checked by its version.
     unsafe {
         if libmimalloc_sys::mi_version() / 10_000 == 3 {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ONE_SHOT_PURGE_DELAY_MS);
         }
     }
 }
