@@ -25,6 +25,7 @@ pub mod output;
 pub mod plan_rewrite;
 pub mod postgres;
 pub mod repeated_keys;
+pub mod run_sort;
 pub mod session_time_filter;
 pub mod session_views;
 pub mod shell;

@@ -384,6 +384,23 @@ async fn repeated_keys_are_dropped_before_a_distinct_grouping() {
 }
 
 #[tokio::test]
+async fn the_sort_below_the_sessionizing_window_compares_rows_in_runs() {
+    // The derived half's sort by user and time is sessionql's; a query's own
+    // ORDER BY or window keeps DataFusion's sort.
+    let plan = physical_plan("SELECT session_id FROM session_events").await;
+    assert!(plan.contains("SortRunsExec: expr=[distinct_id@"), "{plan}");
+    assert!(!plan.contains("SortExec: expr=[distinct_id@"), "{plan}");
+    for own in [
+        "SELECT distinct_id FROM events ORDER BY 1",
+        "SELECT row_number() OVER (PARTITION BY distinct_id ORDER BY timestamp) FROM events",
+    ] {
+        let plan = physical_plan(own).await;
+        assert!(plan.contains("SortExec: expr=[distinct_id@"), "{plan}");
+        assert!(!plan.contains("SortRunsExec"), "{plan}");
+    }
+}
+
+#[tokio::test]
 async fn a_local_session_sorts_below_its_in_place_threshold_in_one_pass() {
     let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
     let shown = context
