@@ -15,8 +15,9 @@
 //! equal keep their input order, which DataFusion's sort leaves open).
 //!
 //! It holds its partition's input in memory, as DataFusion's in-place sort
-//! does. Under a memory limit it runs DataFusion's sort instead, which
-//! spills. The rule places it only below windows that compute
+//! does, but gathers the sorted output from the input batches instead of
+//! first copying them into one. Under a memory limit it runs DataFusion's
+//! sort instead, which spills. The rule places it only below windows that compute
 //! `session_start`, whose input is known to come in runs; any other sort
 //! keeps DataFusion's plan. It is a local engine rule (a Ballista cluster
 //! plans with its own rules, and this operator has no wire form).
@@ -24,9 +25,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt32Array};
-use datafusion::arrow::compute::{concat_batches, take_record_batch};
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{ArrayRef, RecordBatch};
+use datafusion::arrow::compute::interleave_record_batch;
 use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::exec_err;
@@ -158,7 +158,6 @@ impl ExecutionPlan for SortRunsExec {
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let reservation =
             MemoryConsumer::new(format!("SortRunsExec[{partition}]")).register(&memory_pool);
-        let output_schema = Arc::clone(&schema);
         let sorted = stream::once(async move {
             let mut batches = Vec::new();
             while let Some(batch) = input.next().await {
@@ -167,26 +166,23 @@ impl ExecutionPlan for SortRunsExec {
                 batches.push(batch);
             }
             let timer = baseline.elapsed_compute().timer();
-            let (rows, order) = sort_rows(&schema, &batches, &keys)?;
-            drop(batches);
+            let order = sort_rows(&batches, &keys)?;
             timer.done();
             let total = order.len();
             let chunks = (0..total).step_by(batch_size).map(move |start| {
-                // The reservation lives as long as the sorted rows it counts.
+                // The reservation lives as long as the input rows it counts.
                 let _held = &reservation;
                 let _timer = baseline.elapsed_compute().timer();
-                let indices = order.slice(start, batch_size.min(total - start));
-                let chunk = take_record_batch(&rows, &indices)?;
-                baseline.output_rows().add(chunk.num_rows());
-                Ok(chunk)
+                let sources: Vec<&RecordBatch> = batches.iter().collect();
+                let chunk = &order[start..total.min(start + batch_size)];
+                let sorted = interleave_record_batch(&sources, chunk)?;
+                baseline.output_rows().add(sorted.num_rows());
+                Ok(sorted)
             });
             Ok::<_, datafusion::error::DataFusionError>(stream::iter(chunks))
         })
         .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            output_schema,
-            sorted,
-        )))
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, sorted)))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -194,36 +190,56 @@ impl ExecutionPlan for SortRunsExec {
     }
 }
 
-/// All of `batches` as one batch, and the order of its rows by `keys`:
-/// row indices sorted stably by the keys in arrow's row format.
-fn sort_rows(
-    schema: &SchemaRef,
-    batches: &[RecordBatch],
-    keys: &LexOrdering,
-) -> Result<(RecordBatch, UInt32Array)> {
-    let rows = concat_batches(schema, batches)?;
-    let Ok(count) = u32::try_from(rows.num_rows()) else {
+/// The rows of `batches` in order of `keys`, each as (batch, row): sorted
+/// stably by the keys in arrow's row format. The batches are not copied
+/// into one: the sorted output is gathered from them.
+fn sort_rows(batches: &[RecordBatch], keys: &LexOrdering) -> Result<Vec<(usize, usize)>> {
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if u32::try_from(total).is_err() {
         return exec_err!(
-            "SortRunsExec: {} rows in one partition, more than a sort can index",
-            rows.num_rows()
+            "SortRunsExec: {total} rows in one partition, more than a sort can index"
         );
-    };
-    let mut fields = Vec::with_capacity(keys.len());
-    let mut columns: Vec<ArrayRef> = Vec::with_capacity(keys.len());
-    for key in keys.iter() {
-        let column = key.expr.evaluate(&rows)?.into_array(rows.num_rows())?;
-        fields.push(SortField::new_with_options(
-            column.data_type().clone(),
-            key.options,
-        ));
-        columns.push(column);
     }
-    let encoded = RowConverter::new(fields)?.convert_columns(&columns)?;
+    let mut converter: Option<RowConverter> = None;
+    let mut encoded = None;
+    let mut locations: Vec<(u32, u32)> = Vec::with_capacity(total);
+    for (batch_index, batch) in batches.iter().enumerate() {
+        let columns = keys
+            .iter()
+            .map(|key| key.expr.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<ArrayRef>>>()?;
+        let converter = match &mut converter {
+            Some(converter) => converter,
+            None => {
+                let fields = keys
+                    .iter()
+                    .zip(&columns)
+                    .map(|(key, column)| {
+                        SortField::new_with_options(column.data_type().clone(), key.options)
+                    })
+                    .collect();
+                converter.insert(RowConverter::new(fields)?)
+            }
+        };
+        let rows = encoded.get_or_insert_with(|| converter.empty_rows(total, 0));
+        converter.append(rows, &columns)?;
+        // Both fit in u32: their sum, the total, does.
+        locations.extend((0..batch.num_rows()).map(|row| (batch_index as u32, row as u32)));
+    }
+    let Some(encoded) = encoded else {
+        return Ok(Vec::new());
+    };
     // Each row's bytes looked up once, not at every comparison.
     let row_bytes: Vec<&[u8]> = encoded.iter().map(|row| row.data()).collect();
-    let mut order: Vec<u32> = (0..count).collect();
+    let mut order: Vec<u32> = (0..total as u32).collect();
     order.sort_by(|&a, &b| row_bytes[a as usize].cmp(row_bytes[b as usize]));
-    Ok((rows, UInt32Array::from(order)))
+    Ok(order
+        .into_iter()
+        .map(|index| {
+            let (batch, row) = locations[index as usize];
+            (batch as usize, row as usize)
+        })
+        .collect())
 }
 
 /// The physical optimizer rule: the sort under each window operator that
@@ -303,7 +319,7 @@ mod tests {
 
     use datafusion::arrow::array::{Array, AsArray, Int64Array, StringArray};
     use datafusion::arrow::compute::SortOptions;
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::execution::memory_pool::FairSpillPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
