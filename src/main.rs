@@ -29,10 +29,10 @@ const ONE_SHOT_PURGE_DELAY_MS: std::os::raw::c_long = 10_000;
 /// along, and every page handed back was touched again as a fresh page
 /// fault. Full sessions table at 10M events (four alternating runs each):
 /// page faults 0.85M → 0.61M, system time 2.3 → 1.6 s, wall 5.68 → 5.49 s
-/// (medians), peak resident memory 2.1 → 2.5 GiB. Never purging went
-/// further at 10M but not at 50M (the same time, 12 against 8.6 GiB) and
-/// under a 4 GiB memory limit it was slower (68 s against 57 s); ten
-/// seconds there: 49 s, 8.9 against 7.7 GiB resident (README, speed).
+/// (medians), peak resident memory 2.0 → 2.3 GiB. Never purging did as
+/// well at 10M but not at 50M (the same time, 11.5–11.8 against 8.0–8.3
+/// GiB) and under a 4 GiB memory limit it was slower (68 s against 57 s);
+/// ten seconds there: 49 s, 8.5 against 7.3 GiB resident (README, speed).
 /// Servers and the shell keep mimalloc's default and give memory back
 /// between queries. `MIMALLOC_PURGE_DELAY`, when set, wins.
 fn keep_freed_memory() {
