@@ -16,7 +16,9 @@
 //!
 //! It holds its partition's input in memory, as DataFusion's in-place sort
 //! does, but gathers the sorted output from the input batches instead of
-//! first copying them into one. Under a memory limit it runs DataFusion's
+//! first copying them into one. Below DataFusion's unbounded window, which
+//! concatenates all it reads, it hands over the partition as one batch, so
+//! that concatenation copies nothing. Under a memory limit it runs DataFusion's
 //! sort instead, which spills. The rule places it only below windows that compute
 //! `session_start`, whose input is known to come in runs; any other sort
 //! keeps DataFusion's plan. It is a local engine rule (a Ballista cluster
@@ -31,7 +33,7 @@ use datafusion::arrow::row::{RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::exec_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
@@ -60,18 +62,24 @@ pub struct SortRunsExec {
     /// The sort replaced: its input, keys and plan properties, and what runs
     /// under a memory limit.
     sort: Arc<SortExec>,
+    /// Emit each partition as one batch, for a parent that gathers its
+    /// whole input into one batch anyway (DataFusion's [`WindowAggExec`]
+    /// concatenates what it reads; one batch it takes as it is).
+    whole: bool,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl SortRunsExec {
     /// `None` unless `sort` sorts each partition on its own (it keeps its
     /// partitions, or there is one) and has no limit (a top-k sort is
-    /// DataFusion's business).
-    pub fn try_replace(sort: &SortExec) -> Option<Self> {
+    /// DataFusion's business). With `whole`, each partition comes out as one
+    /// batch; otherwise in batches of the session's batch size.
+    pub fn try_replace(sort: &SortExec, whole: bool) -> Option<Self> {
         let per_partition = sort.preserve_partitioning()
             || sort.input().output_partitioning().partition_count() == 1;
         (per_partition && sort.fetch().is_none()).then(|| Self {
             sort: Arc::new(sort.clone()),
+            whole,
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
@@ -125,7 +133,7 @@ impl ExecutionPlan for SortRunsExec {
             .replace_children(children, options)?;
         match sort
             .downcast_ref::<SortExec>()
-            .and_then(SortRunsExec::try_replace)
+            .and_then(|sort| SortRunsExec::try_replace(sort, self.whole))
         {
             Some(replaced) => Ok(Arc::new(replaced)),
             None => Ok(sort),
@@ -158,6 +166,7 @@ impl ExecutionPlan for SortRunsExec {
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let reservation =
             MemoryConsumer::new(format!("SortRunsExec[{partition}]")).register(&memory_pool);
+        let whole = self.whole;
         let sorted = stream::once(async move {
             let mut batches = Vec::new();
             while let Some(batch) = input.next().await {
@@ -168,6 +177,24 @@ impl ExecutionPlan for SortRunsExec {
             let timer = baseline.elapsed_compute().timer();
             let order = sort_rows(&batches, &keys)?;
             timer.done();
+            if whole {
+                // One batch, and the input freed before it is handed on.
+                let timer = baseline.elapsed_compute().timer();
+                let sources: Vec<&RecordBatch> = batches.iter().collect();
+                let sorted = interleave_record_batch(&sources, &order)?;
+                drop(sources);
+                drop(batches);
+                reservation.try_resize(sorted.get_array_memory_size())?;
+                baseline.output_rows().add(sorted.num_rows());
+                timer.done();
+                let whole_batch = (sorted.num_rows() > 0).then_some(Ok(sorted));
+                let held = stream::iter(whole_batch).map(move |batch| {
+                    // The reservation lives as long as the batch it counts.
+                    let _held = &reservation;
+                    batch
+                });
+                return Ok::<_, DataFusionError>(held.boxed());
+            }
             let total = order.len();
             let chunks = (0..total).step_by(batch_size).map(move |start| {
                 // The reservation lives as long as the input rows it counts.
@@ -179,7 +206,7 @@ impl ExecutionPlan for SortRunsExec {
                 baseline.output_rows().add(sorted.num_rows());
                 Ok(sorted)
             });
-            Ok::<_, datafusion::error::DataFusionError>(stream::iter(chunks))
+            Ok(stream::iter(chunks).boxed())
         })
         .try_flatten();
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, sorted)))
@@ -300,9 +327,11 @@ fn sort_below_sessionizing_window(
     let [child] = node.children()[..] else {
         return Ok(None);
     };
+    // DataFusion's unbounded window gathers its input into one batch.
+    let whole = node.downcast_ref::<WindowAggExec>().is_some();
     let Some(replaced) = child
         .downcast_ref::<SortExec>()
-        .and_then(SortRunsExec::try_replace)
+        .and_then(|sort| SortRunsExec::try_replace(sort, whole))
     else {
         return Ok(None);
     };
@@ -364,11 +393,13 @@ mod tests {
     }
 
     /// `partitions` sorted by (`user`, `t`) with `user_options` for the
-    /// first key, by [`SortRunsExec`]; also whether it sorted itself (rather
-    /// than handing over to DataFusion's sort).
+    /// first key, by [`SortRunsExec`] (each partition as one batch when
+    /// `whole`); also whether it sorted itself (rather than handing over to
+    /// DataFusion's sort).
     async fn sorted(
         partitions: Vec<Vec<RecordBatch>>,
         user_options: SortOptions,
+        whole: bool,
         context: &SessionContext,
     ) -> (Vec<Vec<RecordBatch>>, bool) {
         let input = MemorySourceConfig::try_new_exec(&partitions, schema(), None).unwrap();
@@ -379,7 +410,7 @@ mod tests {
         ])
         .unwrap();
         let sort = SortExec::new(keys, input).with_preserve_partitioning(true);
-        let exec = Arc::new(SortRunsExec::try_replace(&sort).unwrap());
+        let exec = Arc::new(SortRunsExec::try_replace(&sort, whole).unwrap());
         let output = collect_partitioned(exec.clone(), context.task_ctx())
             .await
             .unwrap();
@@ -424,19 +455,34 @@ mod tests {
             ]),
         ];
         let context = SessionContext::new_with_config(SessionConfig::new().with_batch_size(3));
-        let (output, sorted_itself) =
-            sorted(vec![partition.clone()], ASCENDING_NULLS_LAST, &context).await;
+        let (output, sorted_itself) = sorted(
+            vec![partition.clone()],
+            ASCENDING_NULLS_LAST,
+            false,
+            &context,
+        )
+        .await;
         assert!(sorted_itself);
         assert_eq!(tags(&output[0]), [4, 2, 6, 7, 0, 5, 1, 3]);
-        // Batches of at most the session's batch size.
+        // Batches of at most the session's batch size, or one batch.
         let sizes: Vec<usize> = output[0].iter().map(RecordBatch::num_rows).collect();
         assert_eq!(sizes, [3, 3, 2]);
+        let (output, _) = sorted(
+            vec![partition.clone()],
+            ASCENDING_NULLS_LAST,
+            true,
+            &context,
+        )
+        .await;
+        assert_eq!(tags(&output[0]), [4, 2, 6, 7, 0, 5, 1, 3]);
+        let sizes: Vec<usize> = output[0].iter().map(RecordBatch::num_rows).collect();
+        assert_eq!(sizes, [8]);
         // Users descending with nulls first: the null user, b's rows, a's.
         let descending = SortOptions {
             descending: true,
             nulls_first: true,
         };
-        let (output, _) = sorted(vec![partition], descending, &context).await;
+        let (output, _) = sorted(vec![partition], descending, false, &context).await;
         assert_eq!(tags(&output[0]), [3, 0, 5, 1, 4, 2, 6, 7]);
     }
 
@@ -505,9 +551,6 @@ mod tests {
     async fn runs_sort_as_datafusions_sort_does_and_under_a_limit_it_sorts_instead() {
         let partitions = vec![rows_in_runs(12, 170, 1), rows_in_runs(7, 333, 2)];
         let context = SessionContext::new();
-        let (ours, sorted_itself) =
-            sorted(partitions.clone(), ASCENDING_NULLS_LAST, &context).await;
-        assert!(sorted_itself);
         let input = MemorySourceConfig::try_new_exec(&partitions, schema(), None).unwrap();
         let schema = schema();
         let keys_order = LexOrdering::new(vec![
@@ -521,14 +564,19 @@ mod tests {
         )
         .await
         .unwrap();
-        for (partition, input) in partitions.iter().enumerate() {
-            // The same keys in the same order, and every input row once.
-            assert_eq!(keys(&ours[partition]), keys(&theirs[partition]));
-            let mut ours_tags = tags(&ours[partition]);
-            ours_tags.sort_unstable();
-            let mut input_tags = tags(input);
-            input_tags.sort_unstable();
-            assert_eq!(ours_tags, input_tags);
+        for whole in [false, true] {
+            let (ours, sorted_itself) =
+                sorted(partitions.clone(), ASCENDING_NULLS_LAST, whole, &context).await;
+            assert!(sorted_itself);
+            for (partition, input) in partitions.iter().enumerate() {
+                // The same keys in the same order, and every input row once.
+                assert_eq!(keys(&ours[partition]), keys(&theirs[partition]));
+                let mut ours_tags = tags(&ours[partition]);
+                ours_tags.sort_unstable();
+                let mut input_tags = tags(input);
+                input_tags.sort_unstable();
+                assert_eq!(ours_tags, input_tags);
+            }
         }
         // Under a memory limit DataFusion's sort (which can spill) runs.
         let limited = RuntimeEnvBuilder::new()
@@ -537,7 +585,7 @@ mod tests {
             .unwrap();
         let context = SessionContext::new_with_config_rt(SessionConfig::new(), limited);
         let (handed_over, sorted_itself) =
-            sorted(partitions.clone(), ASCENDING_NULLS_LAST, &context).await;
+            sorted(partitions.clone(), ASCENDING_NULLS_LAST, true, &context).await;
         assert!(!sorted_itself);
         for partition in 0..partitions.len() {
             assert_eq!(keys(&handed_over[partition]), keys(&theirs[partition]));
