@@ -369,7 +369,7 @@ impl Command {
     /// Whether the process ends when this command's work does (a query, a
     /// benchmark, an ingest, a generation), as opposed to a server or the
     /// shell, which wait for more work. The binary lets such commands keep
-    /// freed memory for reuse rather than give it back to the system.
+    /// freed memory for reuse longer before giving it back to the system.
     pub fn ends_with_its_work(&self) -> bool {
         matches!(
             self,

@@ -11,18 +11,21 @@
 //! [`SortRunsExec`] converts the sort keys to the row format once, so a
 //! comparison is one byte comparison, and sorts the row indices with the
 //! standard library's stable sort, which finds ascending runs and merges
-//! them. The output is the same rows in the same order (keys that compare
-//! equal keep their input order, which DataFusion's sort leaves open).
+//! them. The rows come out in the order DataFusion's sort gives them; rows
+//! whose keys compare equal keep their input order, which DataFusion's sort
+//! leaves open.
 //!
 //! It holds its partition's input in memory, as DataFusion's in-place sort
 //! does, but gathers the sorted output from the input batches instead of
 //! first copying them into one. Below DataFusion's unbounded window, which
 //! concatenates all it reads, it hands over the partition as one batch, so
-//! that concatenation copies nothing. Under a memory limit it runs DataFusion's
-//! sort instead, which spills. The rule places it only below windows that compute
-//! `session_start`, whose input is known to come in runs; any other sort
-//! keeps DataFusion's plan. It is a local engine rule (a Ballista cluster
-//! plans with its own rules, and this operator has no wire form).
+//! that concatenation copies nothing. Under a memory limit it runs
+//! DataFusion's sort instead, which spills.
+//!
+//! The rule places it only below windows that compute `session_start`,
+//! whose input is known to come in runs; any other sort keeps DataFusion's
+//! plan. It is a local engine rule (a Ballista cluster plans with its own
+//! rules, and this operator has no wire form).
 
 use std::fmt;
 use std::sync::Arc;
@@ -177,6 +180,9 @@ impl ExecutionPlan for SortRunsExec {
             let timer = baseline.elapsed_compute().timer();
             let order = sort_rows(&batches, &keys)?;
             timer.done();
+            if order.is_empty() {
+                return Ok::<_, DataFusionError>(stream::empty().boxed());
+            }
             if whole {
                 // One batch, and the input freed before it is handed on.
                 let timer = baseline.elapsed_compute().timer();
@@ -187,13 +193,12 @@ impl ExecutionPlan for SortRunsExec {
                 reservation.try_resize(sorted.get_array_memory_size())?;
                 baseline.output_rows().add(sorted.num_rows());
                 timer.done();
-                let whole_batch = (sorted.num_rows() > 0).then_some(Ok(sorted));
-                let held = stream::iter(whole_batch).map(move |batch| {
+                let held = stream::iter([Ok(sorted)]).map(move |batch| {
                     // The reservation lives as long as the batch it counts.
                     let _held = &reservation;
                     batch
                 });
-                return Ok::<_, DataFusionError>(held.boxed());
+                return Ok(held.boxed());
             }
             let total = order.len();
             let chunks = (0..total).step_by(batch_size).map(move |start| {
@@ -484,6 +489,17 @@ mod tests {
         };
         let (output, _) = sorted(vec![partition], descending, false, &context).await;
         assert_eq!(tags(&output[0]), [3, 0, 5, 1, 4, 2, 6, 7]);
+    }
+
+    #[tokio::test]
+    async fn an_empty_partition_gives_no_rows_in_either_form() {
+        let context = SessionContext::new();
+        for whole in [false, true] {
+            let partitions = vec![vec![], vec![batch(&[])]];
+            let (output, _) = sorted(partitions, ASCENDING_NULLS_LAST, whole, &context).await;
+            assert_eq!(output.len(), 2);
+            assert!(output.iter().flatten().all(|batch| batch.num_rows() == 0));
+        }
     }
 
     /// Rows in runs sorted by (user, t), as the derived half's shuffle hands
