@@ -10,7 +10,7 @@ use chrono::NaiveDate;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::sessions_suite::{BenchEngine, SuiteOptions};
-use crate::engine::Engine;
+use crate::engine::{Engine, sets_memory_limit};
 use crate::error::{Result, SessionqlError};
 use crate::events_table::LoadReport;
 use crate::generate::{GenerateOptions, GeneratedFormat, generate};
@@ -366,18 +366,17 @@ fn report_ingest(summary: &IngestSummary, elapsed: std::time::Duration) {
 }
 
 impl Command {
-    /// Whether the process ends when this command's work does (a query, a
-    /// benchmark, an ingest, a generation), as opposed to a server or the
-    /// shell, which wait for more work. The binary lets such commands keep
-    /// freed memory for reuse longer before giving it back to the system.
-    pub fn ends_with_its_work(&self) -> bool {
-        matches!(
-            self,
-            Command::Query { .. }
-                | Command::Bench { .. }
-                | Command::Ingest { .. }
-                | Command::Generate { .. }
-        )
+    /// Whether the process may keep memory it frees for reuse a while longer
+    /// before giving it back to the system: it ends when this command's work
+    /// does (a query, a benchmark, an ingest, a generation), unlike a server
+    /// or the shell, which wait for more work, and a query's SQL sets no
+    /// memory limit (under one, memory matters more than time).
+    pub fn may_keep_freed_memory(&self) -> bool {
+        match self {
+            Command::Query { sql, .. } => !sets_memory_limit(sql),
+            Command::Bench { .. } | Command::Ingest { .. } | Command::Generate { .. } => true,
+            _ => false,
+        }
     }
 }
 
@@ -655,15 +654,23 @@ mod tests {
         }
     }
 
-    /// Commands that finish and exit may keep freed memory; the ones that
-    /// wait for more work (servers, the shell) must not.
+    /// Commands that finish and exit may keep freed memory, unless a query
+    /// sets a memory limit; the ones that wait for more work (servers, the
+    /// shell) must not.
     #[test]
     fn one_shot_commands_are_told_apart_from_waiting_ones() {
-        assert!(command(&["query", "SELECT 1"]).ends_with_its_work());
-        assert!(command(&["bench", "--events", "1000"]).ends_with_its_work());
-        assert!(command(&["ingest", "--out", "/tmp/x", "-"]).ends_with_its_work());
-        assert!(command(&["generate", "--out", "/tmp/x"]).ends_with_its_work());
-        assert!(!command(&["shell"]).ends_with_its_work());
-        assert!(!command(&["serve"]).ends_with_its_work());
+        assert!(command(&["query", "SELECT 1"]).may_keep_freed_memory());
+        assert!(
+            !command(&[
+                "query",
+                "SET datafusion.runtime.memory_limit = '4G'; SELECT 1"
+            ])
+            .may_keep_freed_memory()
+        );
+        assert!(command(&["bench", "--events", "1000"]).may_keep_freed_memory());
+        assert!(command(&["ingest", "--out", "/tmp/x", "-"]).may_keep_freed_memory());
+        assert!(command(&["generate", "--out", "/tmp/x"]).may_keep_freed_memory());
+        assert!(!command(&["shell"]).may_keep_freed_memory());
+        assert!(!command(&["serve"]).may_keep_freed_memory());
     }
 }

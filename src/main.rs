@@ -25,16 +25,18 @@ const ONE_SHOT_PURGE_DELAY_MS: std::os::raw::c_long = 10_000;
 
 /// Keeps memory that one operator frees committed for the next for ten
 /// seconds instead of one, for commands whose process ends with their work
-/// (a query, a benchmark, an ingest). A query frees and allocates batches all
+/// (a query, a benchmark, an ingest) unless a query sets a memory limit
+/// (where resident memory matters more). A query frees and allocates batches all
 /// along, and every page handed back was touched again as a fresh page
 /// fault. Full sessions table at 10M events (four alternating runs each):
 /// page faults 0.85M → 0.61M, system time 2.3 → 1.6 s, wall 5.68 → 5.49 s
 /// (medians), peak resident memory 2.0 → 2.3 GiB. Never purging did as
 /// well at 10M but not at 50M (the same time, 11.5–11.8 against 8.0–8.3
 /// GiB) and under a 4 GiB memory limit it was slower (68 s against 57 s);
-/// ten seconds there: 49 s, 8.5 against 7.3 GiB resident (README, speed).
-/// Servers and the shell keep mimalloc's default and give memory back
-/// between queries. `MIMALLOC_PURGE_DELAY`, when set, wins.
+/// ten seconds there: 49 s, but 8.5 against 7.3 GiB resident, so a query
+/// under a limit keeps the default (README, speed). Servers and the shell
+/// keep mimalloc's default and give memory back between queries.
+/// `MIMALLOC_PURGE_DELAY`, when set, wins.
 fn keep_freed_memory() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
@@ -64,7 +66,7 @@ async fn main() -> ExitCode {
         )
         .init();
     let cli = sessionql::cli::Cli::parse();
-    if cli.command.ends_with_its_work() {
+    if cli.command.may_keep_freed_memory() {
         keep_freed_memory();
     }
     sessionql::cli::run(cli).await
