@@ -255,7 +255,8 @@ fn sort_rows(batches: &[RecordBatch], keys: &LexOrdering) -> Result<Vec<(usize, 
         };
         let rows = encoded.get_or_insert_with(|| converter.empty_rows(total, 0));
         converter.append(rows, &columns)?;
-        // Both fit in u32: their sum, the total, does.
+        // A row index fits in u32 (the total does); so does a batch index,
+        // 2^32 batches in one partition being far beyond any input.
         locations.extend((0..batch.num_rows()).map(|row| (batch_index as u32, row as u32)));
     }
     let Some(encoded) = encoded else {
