@@ -398,6 +398,19 @@ mod tests {
         .unwrap()
     }
 
+    /// DataFusion's sort of `partitions` by (`user`, `t`), `user_options`
+    /// for the first key, each partition on its own.
+    fn datafusion_sort(partitions: &[Vec<RecordBatch>], user_options: SortOptions) -> SortExec {
+        let input = MemorySourceConfig::try_new_exec(partitions, schema(), None).unwrap();
+        let schema = schema();
+        let keys = LexOrdering::new(vec![
+            PhysicalSortExpr::new(col("user", &schema).unwrap(), user_options),
+            PhysicalSortExpr::new(col("t", &schema).unwrap(), ASCENDING_NULLS_LAST),
+        ])
+        .unwrap();
+        SortExec::new(keys, input).with_preserve_partitioning(true)
+    }
+
     /// `partitions` sorted by (`user`, `t`) with `user_options` for the
     /// first key, by [`SortRunsExec`] (each partition as one batch when
     /// `whole`); also whether it sorted itself (rather than handing over to
@@ -408,14 +421,7 @@ mod tests {
         whole: bool,
         context: &SessionContext,
     ) -> (Vec<Vec<RecordBatch>>, bool) {
-        let input = MemorySourceConfig::try_new_exec(&partitions, schema(), None).unwrap();
-        let schema = schema();
-        let keys = LexOrdering::new(vec![
-            PhysicalSortExpr::new(col("user", &schema).unwrap(), user_options),
-            PhysicalSortExpr::new(col("t", &schema).unwrap(), ASCENDING_NULLS_LAST),
-        ])
-        .unwrap();
-        let sort = SortExec::new(keys, input).with_preserve_partitioning(true);
+        let sort = datafusion_sort(&partitions, user_options);
         let exec = Arc::new(SortRunsExec::try_replace(&sort, whole).unwrap());
         let output = collect_partitioned(exec.clone(), context.task_ctx())
             .await
@@ -529,17 +535,8 @@ mod tests {
                     (user, t, (run * run_length + index) as i64)
                 })
                 .collect();
-            run_rows.sort_by(|a, b| {
-                let user = match (a.0, b.0) {
-                    (Some(x), Some(y)) => x.cmp(y),
-                    (x, y) => x.is_none().cmp(&y.is_none()),
-                };
-                let t = match (a.1, b.1) {
-                    (Some(x), Some(y)) => x.cmp(&y),
-                    (x, y) => x.is_none().cmp(&y.is_none()),
-                };
-                user.then(t)
-            });
+            // Ascending, nulls last: a null sorts after every value.
+            run_rows.sort_by_key(|row| (row.0.is_none(), row.0, row.1.is_none(), row.1));
             rows.extend(run_rows);
         }
         rows.chunks(100).map(batch).collect()
@@ -568,15 +565,8 @@ mod tests {
     async fn runs_sort_as_datafusions_sort_does_and_under_a_limit_it_sorts_instead() {
         let partitions = vec![rows_in_runs(12, 170, 1), rows_in_runs(7, 333, 2)];
         let context = SessionContext::new();
-        let input = MemorySourceConfig::try_new_exec(&partitions, schema(), None).unwrap();
-        let schema = schema();
-        let keys_order = LexOrdering::new(vec![
-            PhysicalSortExpr::new(col("user", &schema).unwrap(), ASCENDING_NULLS_LAST),
-            PhysicalSortExpr::new(col("t", &schema).unwrap(), ASCENDING_NULLS_LAST),
-        ])
-        .unwrap();
         let theirs = collect_partitioned(
-            Arc::new(SortExec::new(keys_order, input).with_preserve_partitioning(true)),
+            Arc::new(datafusion_sort(&partitions, ASCENDING_NULLS_LAST)),
             context.task_ctx(),
         )
         .await
