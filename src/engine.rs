@@ -30,6 +30,7 @@ use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, event
 use crate::one_phase_sessions::OnePhaseSessions;
 use crate::repeated_keys::DropRepeatedKeys;
 use crate::run_sort::SortRuns;
+use crate::session_start_in_place::SessionStartInPlace;
 use crate::session_time_filter::SessionTimeFilter;
 use crate::session_views::register_session_views;
 
@@ -475,6 +476,7 @@ pub fn session_context(
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(OnePhaseSessions))
             .with_physical_optimizer_rule(Arc::new(DropRepeatedKeys))
+            .with_physical_optimizer_rule(Arc::new(SessionStartInPlace))
             .with_physical_optimizer_rule(Arc::new(SortRuns)),
     )?
     .build();

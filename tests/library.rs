@@ -401,6 +401,29 @@ async fn the_sort_below_the_sessionizing_window_compares_rows_in_runs() {
 }
 
 #[tokio::test]
+async fn sessions_are_derived_in_place_where_no_operator_needs_the_sorted_order() {
+    // Above the sessions table's grouping and query 6's, the derived half's
+    // rows are shuffled by session id: its window is computed in place.
+    for shuffled in [
+        "SELECT * FROM sessions",
+        "SELECT event, count(DISTINCT session_id) FROM session_events GROUP BY 1",
+    ] {
+        let plan = physical_plan(shuffled).await;
+        assert!(
+            plan.contains("SessionStartInPlaceExec: user=distinct_id@"),
+            "{plan}"
+        );
+        assert!(!plan.contains("WindowAggExec"), "{plan}");
+        assert!(!plan.contains("SortRunsExec"), "{plan}");
+    }
+    // Rows handed out as they come may be relied on in window order (a
+    // query's ORDER BY met with no sort left), so the window stays.
+    let plan = physical_plan("SELECT session_id FROM session_events").await;
+    assert!(!plan.contains("SessionStartInPlaceExec"), "{plan}");
+    assert!(plan.contains("WindowAggExec"), "{plan}");
+}
+
+#[tokio::test]
 async fn a_local_session_sorts_below_its_in_place_threshold_in_one_pass() {
     let context = session_context(&SessionqlConfig::default(), Some(2)).unwrap();
     let shown = context

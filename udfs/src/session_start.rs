@@ -136,20 +136,10 @@ impl WindowUDFImpl for SessionStart {
         &self,
         args: PartitionEvaluatorArgs,
     ) -> Result<Box<dyn PartitionEvaluator>> {
-        let exprs = args.input_exprs();
-        let idle_timeout_seconds = constant_seconds(
-            exprs.get(1),
-            "idle_timeout_seconds",
-            DEFAULT_IDLE_TIMEOUT_SECONDS,
-        )?;
-        let max_duration_seconds = constant_seconds(
-            exprs.get(2),
-            "max_duration_seconds",
-            DEFAULT_MAX_DURATION_SECONDS,
-        )?;
+        let (idle_timeout_us, max_duration_us) = session_start_timeouts_us(args.input_exprs())?;
         Ok(Box::new(SessionStartEvaluator {
-            idle_timeout_us: idle_timeout_seconds.saturating_mul(MICROS_PER_SECOND),
-            max_duration_us: max_duration_seconds.saturating_mul(MICROS_PER_SECOND),
+            idle_timeout_us,
+            max_duration_us,
         }))
     }
 
@@ -190,6 +180,79 @@ fn constant_seconds(
     }
 }
 
+/// The idle timeout and maximum length, in microseconds, of a
+/// `session_start` call's physical arguments (`timestamp`, then the two
+/// constants `simplify` fills in when the query leaves them out).
+///
+/// Public so that an operator computing the same window by other means
+/// (the local engine's in-place sessionizer) reads them as this function does.
+pub fn session_start_timeouts_us(args: &[Arc<dyn PhysicalExpr>]) -> Result<(i64, i64)> {
+    let idle_timeout_seconds = constant_seconds(
+        args.get(1),
+        "idle_timeout_seconds",
+        DEFAULT_IDLE_TIMEOUT_SECONDS,
+    )?;
+    let max_duration_seconds = constant_seconds(
+        args.get(2),
+        "max_duration_seconds",
+        DEFAULT_MAX_DURATION_SECONDS,
+    )?;
+    Ok((
+        idle_timeout_seconds.saturating_mul(MICROS_PER_SECOND),
+        max_duration_seconds.saturating_mul(MICROS_PER_SECOND),
+    ))
+}
+
+/// The rule of spec §1 for derived sessions, applied to one user's events
+/// in timestamp order: each event's session start.
+///
+/// The one place the rule is written; `session_start`'s evaluator walks a
+/// window partition with it, and the local engine's in-place sessionizer
+/// walks each user's events in sorted order with it.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionWalk {
+    idle_timeout_us: i64,
+    max_duration_us: i64,
+    /// The running session: (its start, the previous event's timestamp).
+    current: Option<(i64, i64)>,
+}
+
+impl SessionWalk {
+    /// A walk with these limits, before any user's first event.
+    pub fn new(idle_timeout_us: i64, max_duration_us: i64) -> Self {
+        Self {
+            idle_timeout_us,
+            max_duration_us,
+            current: None,
+        }
+    }
+
+    /// Forgets the running session: the next event is a new user's first.
+    pub fn next_user(&mut self) {
+        self.current = None;
+    }
+
+    /// The start of the session of an event at `timestamp` (the user's
+    /// non-null timestamps must come in ascending order); `None` if it is
+    /// earlier than the previous event's, which means the input was not
+    /// sorted.
+    pub fn start_of(&mut self, timestamp: i64) -> Option<i64> {
+        let start = match self.current {
+            Some((start, previous)) => {
+                if timestamp < previous {
+                    return None;
+                }
+                let idle = timestamp - previous > self.idle_timeout_us;
+                let too_long = timestamp - start > self.max_duration_us;
+                if idle || too_long { timestamp } else { start }
+            }
+            None => timestamp,
+        };
+        self.current = Some((start, timestamp));
+        Some(start)
+    }
+}
+
 /// Walks one `distinct_id`'s events in timestamp order.
 #[derive(Debug)]
 struct SessionStartEvaluator {
@@ -206,29 +269,16 @@ impl PartitionEvaluator for SessionStartEvaluator {
             return exec_err!("{NAME}: missing timestamp argument");
         };
         let timestamps = as_timestamp_microsecond_array(timestamps)?;
+        let mut walk = SessionWalk::new(self.idle_timeout_us, self.max_duration_us);
         let mut starts = Vec::with_capacity(num_rows);
-        let mut current: Option<(i64, i64)> = None; // (session start, previous event)
         for index in 0..num_rows {
             if timestamps.is_null(index) {
                 starts.push(0);
                 continue;
             }
-            let timestamp = timestamps.value(index);
-            let start = match current {
-                Some((start, previous)) => {
-                    if timestamp < previous {
-                        return exec_err!(
-                            "{NAME} needs its window ordered by timestamp ascending: \
-                             use OVER (PARTITION BY distinct_id ORDER BY timestamp)"
-                        );
-                    }
-                    let idle = timestamp - previous > self.idle_timeout_us;
-                    let too_long = timestamp - start > self.max_duration_us;
-                    if idle || too_long { timestamp } else { start }
-                }
-                None => timestamp,
+            let Some(start) = walk.start_of(timestamps.value(index)) else {
+                return exec_err!("{UNORDERED_WINDOW}");
             };
-            current = Some((start, timestamp));
             starts.push(start);
         }
         let starts =
@@ -237,3 +287,7 @@ impl PartitionEvaluator for SessionStartEvaluator {
         Ok(Arc::new(starts))
     }
 }
+
+/// The error for a window whose timestamps decrease.
+const UNORDERED_WINDOW: &str = "session_start needs its window ordered by timestamp \
+    ascending: use OVER (PARTITION BY distinct_id ORDER BY timestamp)";
