@@ -24,7 +24,11 @@
 //!
 //! The rule places it only below windows that compute `session_start`,
 //! whose input is known to come in runs; any other sort keeps DataFusion's
-//! plan. It is a local engine rule (a Ballista cluster plans with its own
+//! plan. Where nothing above such a window needs its rows in order (the
+//! sessions table, a grouping of `session_events`), the window and its sort
+//! are replaced before this rule runs, by `session_start_in_place`, which
+//! does not reorder the rows at all; this operator serves the queries whose
+//! output may be read in the window's order. It is a local engine rule (a Ballista cluster plans with its own
 //! rules, and this operator has no wire form).
 
 use std::fmt;
