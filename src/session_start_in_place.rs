@@ -463,8 +463,11 @@ enum OrderUse {
 }
 
 fn order_use(node: &Arc<dyn ExecutionPlan>) -> OrderUse {
-    if let Some(repartition) = node.downcast_ref::<RepartitionExec>() {
-        if repartition.preserve_order() {
+    if node.downcast_ref::<RepartitionExec>().is_some() {
+        // A shuffle keeps each input partition's order when asked to, or
+        // when it has a single input partition (DataFusion then declares
+        // the order kept, and operators above may use it).
+        if node.maintains_input_order().first() == Some(&true) {
             OrderUse::Passes
         } else {
             OrderUse::Ends
@@ -783,6 +786,25 @@ mod tests {
             assert_eq!(output.len(), 1);
             assert!(output[0].is_empty());
         }
+    }
+
+    #[test]
+    fn a_shuffle_ends_the_order_unless_it_keeps_it() {
+        let one = MemorySourceConfig::try_new_exec(&[vec![]], schema(), None).unwrap();
+        let two = MemorySourceConfig::try_new_exec(&[vec![], vec![]], schema(), None).unwrap();
+        let shuffle = |input: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
+            Arc::new(
+                RepartitionExec::try_new(
+                    input,
+                    datafusion::physical_plan::Partitioning::RoundRobinBatch(3),
+                )
+                .unwrap(),
+            )
+        };
+        // Two partitions shuffled: rows of both interleave.
+        assert!(matches!(order_use(&shuffle(two)), OrderUse::Ends));
+        // One partition dealt out: each output keeps the input's order.
+        assert!(matches!(order_use(&shuffle(one)), OrderUse::Passes));
     }
 
     #[tokio::test]
