@@ -456,14 +456,18 @@ enum OrderUse {
     /// Its output order does not follow its input's and it does not use it
     /// (a shuffle that does not keep order, a hash grouping).
     Ends,
-    /// Any other operator: it may use its input's order without declaring
-    /// it (a sort with a limit stops early on a sorted prefix), so the
-    /// order is taken to matter.
+    /// Any other operator, or one with a limit: it may use its input's
+    /// order without declaring it (a sort with a limit stops early on a
+    /// sorted prefix; a limit keeps the first rows), so the order is taken
+    /// to matter.
     Unknown,
 }
 
 fn order_use(node: &Arc<dyn ExecutionPlan>) -> OrderUse {
-    if node.downcast_ref::<RepartitionExec>().is_some() {
+    if node.fetch().is_some() {
+        // Which rows a limit keeps depends on the order they come in.
+        OrderUse::Unknown
+    } else if node.downcast_ref::<RepartitionExec>().is_some() {
         // A shuffle keeps each input partition's order when asked to, or
         // when it has a single input partition (DataFusion then declares
         // the order kept, and operators above may use it).
@@ -789,7 +793,7 @@ mod tests {
     }
 
     #[test]
-    fn a_shuffle_ends_the_order_unless_it_keeps_it() {
+    fn a_shuffle_ends_the_order_unless_it_keeps_it_and_a_limit_needs_it() {
         let one = MemorySourceConfig::try_new_exec(&[vec![]], schema(), None).unwrap();
         let two = MemorySourceConfig::try_new_exec(&[vec![], vec![]], schema(), None).unwrap();
         let shuffle = |input: Arc<dyn ExecutionPlan>| -> Arc<dyn ExecutionPlan> {
@@ -805,6 +809,14 @@ mod tests {
         assert!(matches!(order_use(&shuffle(two)), OrderUse::Ends));
         // One partition dealt out: each output keeps the input's order.
         assert!(matches!(order_use(&shuffle(one)), OrderUse::Passes));
+        // Which rows a limit keeps depends on their order.
+        let limited: Arc<dyn ExecutionPlan> = Arc::new(
+            CoalescePartitionsExec::new(
+                MemorySourceConfig::try_new_exec(&[vec![]], schema(), None).unwrap(),
+            )
+            .with_fetch(Some(3)),
+        );
+        assert!(matches!(order_use(&limited), OrderUse::Unknown));
     }
 
     #[tokio::test]
