@@ -8,8 +8,9 @@
 //! and the window walks 200K users one slice at a time. Yet no operator
 //! above needs the order: the events go on to a shuffle by session id.
 //!
-//! [`SessionStartInPlaceExec`] sorts only row numbers, by the user in
-//! arrow's row format and the timestamp, walks them in that order with
+//! [`SessionStartInPlaceExec`] moves only row numbers: it groups them by
+//! user (a hash table numbers the users, a counting sort places the rows),
+//! sorts each user's few rows by timestamp, walks them with
 //! `session_start`'s own rule ([`SessionWalk`]), and writes each start at
 //! its row's place. Each input batch then goes on as it came, with the
 //! start as one more column: no other column is copied.
@@ -26,15 +27,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBufferBuilder, PrimitiveArray, RecordBatch,
+    Array, ArrayRef, AsArray, BooleanBufferBuilder, PrimitiveArray, RecordBatch, StringArray,
 };
 use datafusion::arrow::buffer::{NullBuffer, ScalarBuffer};
-use datafusion::arrow::compute::SortOptions;
 use datafusion::arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
-use datafusion::arrow::row::{RowConverter, SortField};
+use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{exec_err, internal_err};
+use datafusion::common::{HashMap, exec_err, internal_err};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -276,11 +276,12 @@ impl ExecutionPlan for SessionStartInPlaceExec {
 /// Every batch of one partition with its rows' session starts appended as
 /// the last column of `schema`.
 ///
-/// Assumes each user's events are all in `batches`. Row numbers are sorted
-/// by (user in arrow's row format, timestamp with nulls last) with the
-/// standard library's stable sort, which takes over the sorted runs the
-/// input mostly comes in; a null timestamp gets a null start and does not
-/// touch the running session, as in `session_start`'s evaluator.
+/// Assumes each user's events are all in `batches`. Users are numbered
+/// through a hash table (a null user is one user, as in the window's
+/// partitions), row numbers grouped by user with a counting sort, and each
+/// user's rows sorted by timestamp (nulls last; they mostly come in order
+/// already). A null timestamp gets a null start and does not touch the
+/// running session, as in `session_start`'s evaluator.
 fn with_session_starts(
     batches: Vec<RecordBatch>,
     user: &Arc<dyn PhysicalExpr>,
@@ -289,35 +290,20 @@ fn with_session_starts(
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
     let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    let Ok(total_u32) = u32::try_from(total) else {
+    if u32::try_from(total).is_err() {
         return exec_err!(
             "SessionStartInPlaceExec: {total} rows in one partition, more than it can index"
         );
-    };
+    }
     let Some(start_field) = schema.fields().last() else {
         return internal_err!("SessionStartInPlaceExec: output schema without columns");
     };
-    // Users in the row format (one byte comparison each); timestamps as
-    // (null, value) keys, so nulls sort last as the window's ORDER BY puts them.
-    let mut converter: Option<RowConverter> = None;
-    let mut users = None;
+    let mut user_columns = Vec::with_capacity(batches.len());
     let mut times: Vec<i64> = Vec::with_capacity(total);
     let mut time_present = BooleanBufferBuilder::new(total);
     let mut time_nulls: Vec<Option<NullBuffer>> = Vec::with_capacity(batches.len());
     for batch in &batches {
-        let user_column = user.evaluate(batch)?.into_array(batch.num_rows())?;
-        let converter = match &mut converter {
-            Some(converter) => converter,
-            None => converter.insert(RowConverter::new(vec![SortField::new_with_options(
-                user_column.data_type().clone(),
-                SortOptions {
-                    descending: false,
-                    nulls_first: false,
-                },
-            )])?),
-        };
-        let rows = users.get_or_insert_with(|| converter.empty_rows(total, 0));
-        converter.append(rows, &[user_column])?;
+        user_columns.push(user.evaluate(batch)?.into_array(batch.num_rows())?);
         let time_column: ArrayRef = timestamp.evaluate(batch)?.into_array(batch.num_rows())?;
         let Some(time_column) = time_column.as_primitive_opt::<TimestampMicrosecondType>() else {
             return exec_err!(
@@ -332,40 +318,31 @@ fn with_session_starts(
         }
         time_nulls.push(time_column.nulls().cloned());
     }
-    let Some(users) = users else {
-        return Ok(Vec::new());
-    };
     let time_present = time_present.finish();
-    let user_bytes: Vec<&[u8]> = users.iter().map(|row| row.data()).collect();
-    let time_key = |row: usize| (!time_present.value(row), times[row]);
-    let mut order: Vec<u32> = (0..total_u32).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (a as usize, b as usize);
-        user_bytes[a]
-            .cmp(user_bytes[b])
-            .then_with(|| time_key(a).cmp(&time_key(b)))
-    });
+    let encoded = UserKeys::new(&user_columns)?;
+    let (rows_by_user, user_bounds) = rows_grouped_by_user(&encoded.keys(), total);
     // Each row's start, at the row's place; null timestamps keep 0 under a
     // null mask.
     let mut starts = vec![0_i64; total];
-    let mut previous_user: Option<&[u8]> = None;
-    for row in order.into_iter().map(|row| row as usize) {
-        if previous_user != Some(user_bytes[row]) {
-            walk.next_user();
-            previous_user = Some(user_bytes[row]);
+    let mut rows_by_user = rows_by_user;
+    for bounds in user_bounds.windows(2) {
+        let rows = &mut rows_by_user[bounds[0] as usize..bounds[1] as usize];
+        rows.sort_by_key(|&row| (!time_present.value(row as usize), times[row as usize]));
+        walk.next_user();
+        for row in rows.iter().map(|&row| row as usize) {
+            if !time_present.value(row) {
+                // Nulls sort last: the user's other events are done.
+                break;
+            }
+            let Some(start) = walk.start_of(times[row]) else {
+                return internal_err!(
+                    "SessionStartInPlaceExec: timestamps out of order after its sort"
+                );
+            };
+            starts[row] = start;
         }
-        if !time_present.value(row) {
-            continue;
-        }
-        let Some(start) = walk.start_of(times[row]) else {
-            return internal_err!(
-                "SessionStartInPlaceExec: timestamps out of order after its sort"
-            );
-        };
-        starts[row] = start;
     }
-    drop(user_bytes);
-    drop(users);
+    drop(encoded);
     let starts = ScalarBuffer::from(starts);
     let mut offset = 0;
     batches
@@ -382,6 +359,79 @@ fn with_session_starts(
             Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
         })
         .collect()
+}
+
+/// The users of one partition's rows as bytes that are equal exactly when
+/// the users are: a string column's own bytes, any other type in arrow's
+/// row format.
+enum UserKeys<'a> {
+    Strings(Vec<&'a StringArray>),
+    Encoded(Rows),
+}
+
+impl<'a> UserKeys<'a> {
+    fn new(columns: &'a [ArrayRef]) -> Result<Self> {
+        if let Some(strings) = columns
+            .iter()
+            .map(|column| column.as_string_opt::<i32>())
+            .collect::<Option<Vec<_>>>()
+        {
+            return Ok(Self::Strings(strings));
+        }
+        let Some(first) = columns.first() else {
+            return Ok(Self::Strings(Vec::new()));
+        };
+        let converter = RowConverter::new(vec![SortField::new(first.data_type().clone())])?;
+        let total = columns.iter().map(|column| column.len()).sum();
+        let mut rows = converter.empty_rows(total, 0);
+        for column in columns {
+            converter.append(&mut rows, &[Arc::clone(column)])?;
+        }
+        Ok(Self::Encoded(rows))
+    }
+
+    /// Each row's key, in row order; `None` for a null string.
+    fn keys(&self) -> Vec<Option<&[u8]>> {
+        match self {
+            Self::Strings(columns) => columns
+                .iter()
+                .flat_map(|column| column.iter().map(|user| user.map(str::as_bytes)))
+                .collect(),
+            Self::Encoded(rows) => rows.iter().map(|row| Some(row.data())).collect(),
+        }
+    }
+}
+
+/// Row numbers grouped by user, each user's in row order, and where each
+/// user's group starts (with the total at the end): users are numbered in
+/// order of first appearance through a hash table, then the rows placed
+/// with a counting sort.
+fn rows_grouped_by_user(keys: &[Option<&[u8]>], total: usize) -> (Vec<u32>, Vec<u32>) {
+    let mut numbers: HashMap<Option<&[u8]>, u32> = HashMap::new();
+    let user_of_row: Vec<u32> = keys
+        .iter()
+        .map(|key| {
+            let next = numbers.len() as u32;
+            *numbers.entry(*key).or_insert(next)
+        })
+        .collect();
+    let users = numbers.len();
+    drop(numbers);
+    let mut bounds = vec![0_u32; users + 1];
+    for &user in &user_of_row {
+        bounds[user as usize + 1] += 1;
+    }
+    for user in 0..users {
+        bounds[user + 1] += bounds[user];
+    }
+    let mut next_slot = bounds.clone();
+    let mut grouped = vec![0_u32; total];
+    for (row, &user) in user_of_row.iter().enumerate() {
+        let slot = &mut next_slot[user as usize];
+        grouped[*slot as usize] = row as u32;
+        *slot += 1;
+    }
+    (grouped, bounds)
 }
 
 /// The physical optimizer rule: each `session_start` window whose output
@@ -576,11 +626,16 @@ mod tests {
     /// 10 s idle timeout and a 20 s longest session over the events
     /// registered; a new plan at each call (a plan runs once).
     async fn window_plan(context: &SessionContext) -> Arc<dyn ExecutionPlan> {
+        window_plan_by(context, "user").await
+    }
+
+    /// [`window_plan`] with users told apart by the SQL expression `user`.
+    async fn window_plan_by(context: &SessionContext, user: &str) -> Arc<dyn ExecutionPlan> {
         let plan = context
-            .sql(
+            .sql(&format!(
                 "SELECT user, t, tag, session_start(t, 10, 20) \
-                 OVER (PARTITION BY user ORDER BY t) AS started FROM events",
-            )
+                 OVER (PARTITION BY {user} ORDER BY t) AS started FROM events"
+            ))
             .await
             .unwrap()
             .create_physical_plan()
@@ -735,13 +790,15 @@ mod tests {
 
     #[tokio::test]
     async fn starts_equal_datafusions_window_and_under_a_limit_it_runs_that_window() {
-        for limited in [false, true] {
+        // Users as strings, and as numbers (compared in arrow's row format).
+        for (limited, user) in [(false, "user"), (false, "tag % 7"), (true, "user")] {
             let context = context(limited);
             register_events(&context, scrambled_events(7));
-            let theirs = collect_partitioned(window_plan(&context).await, context.task_ctx())
-                .await
-                .unwrap();
-            let window = window_plan(&context).await;
+            let theirs =
+                collect_partitioned(window_plan_by(&context, user).await, context.task_ctx())
+                    .await
+                    .unwrap();
+            let window = window_plan_by(&context, user).await;
             let in_place = Arc::new(
                 SessionStartInPlaceExec::try_replace(&window)
                     .unwrap()
