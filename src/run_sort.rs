@@ -28,8 +28,9 @@
 //! sessions table, a grouping of `session_events`), the window and its sort
 //! are replaced before this rule runs, by `session_start_in_place`, which
 //! does not reorder the rows at all; this operator serves the queries whose
-//! output may be read in the window's order. It is a local engine rule (a Ballista cluster plans with its own
-//! rules, and this operator has no wire form).
+//! output may be read in the window's order. It is a local engine rule (a
+//! Ballista cluster plans with its own rules, and this operator has no wire
+//! form).
 
 use std::fmt;
 use std::sync::Arc;

@@ -120,7 +120,11 @@ impl SessionStartInPlaceExec {
         if !per_partition || sort.fetch().is_some() {
             return Ok(None);
         }
-        let (idle_timeout_us, max_duration_us) = session_start_timeouts_us(args)?;
+        // Timeouts that are not constants are the window's error to report
+        // when it runs, not the planner's.
+        let Ok((idle_timeout_us, max_duration_us)) = session_start_timeouts_us(args) else {
+            return Ok(None);
+        };
         let input = Arc::clone(sort.input());
         let properties = PlanProperties::new(
             EquivalenceProperties::new(window.schema()),

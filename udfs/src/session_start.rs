@@ -291,3 +291,37 @@ impl PartitionEvaluator for SessionStartEvaluator {
 /// The error for a window whose timestamps decrease.
 const UNORDERED_WINDOW: &str = "session_start needs its window ordered by timestamp \
     ascending: use OVER (PARTITION BY distinct_id ORDER BY timestamp)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE_US: i64 = 60 * MICROS_PER_SECOND;
+    const HOUR_US: i64 = 60 * MINUTE_US;
+
+    #[test]
+    fn a_walk_starts_sessions_after_the_idle_timeout_or_the_longest_span() {
+        // Spec §1's defaults: 30 minutes idle, 24 hours at most.
+        let mut walk = SessionWalk::new(30 * MINUTE_US, 24 * HOUR_US);
+        // Exactly 30 minutes idle stays in the session; a microsecond more
+        // starts one.
+        assert_eq!(walk.start_of(0), Some(0));
+        assert_eq!(walk.start_of(30 * MINUTE_US), Some(0));
+        assert_eq!(walk.start_of(60 * MINUTE_US + 1), Some(60 * MINUTE_US + 1));
+        // Events every 20 minutes from 01:00:00.000001 stay in that session
+        // until more than 24 hours after its start.
+        let session = 60 * MINUTE_US + 1;
+        let mut at = session;
+        while at + 20 * MINUTE_US - session <= 24 * HOUR_US {
+            at += 20 * MINUTE_US;
+            assert_eq!(walk.start_of(at), Some(session));
+        }
+        at += 20 * MINUTE_US;
+        assert_eq!(walk.start_of(at), Some(at));
+        // An earlier event than the previous one: the input was not sorted.
+        assert_eq!(walk.start_of(at - 1), None);
+        // A new user starts afresh, whatever came before.
+        walk.next_user();
+        assert_eq!(walk.start_of(5), Some(5));
+    }
+}
