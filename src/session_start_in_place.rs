@@ -324,11 +324,10 @@ fn with_session_starts(
     }
     let time_present = time_present.finish();
     let encoded = UserKeys::new(&user_columns)?;
-    let (rows_by_user, user_bounds) = rows_grouped_by_user(&encoded.keys(), total);
+    let (mut rows_by_user, user_bounds) = rows_grouped_by_user(&encoded.keys(), total);
     // Each row's start, at the row's place; null timestamps keep 0 under a
     // null mask.
     let mut starts = vec![0_i64; total];
-    let mut rows_by_user = rows_by_user;
     for bounds in user_bounds.windows(2) {
         let rows = &mut rows_by_user[bounds[0] as usize..bounds[1] as usize];
         rows.sort_by_key(|&row| (!time_present.value(row as usize), times[row as usize]));
