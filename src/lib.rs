@@ -30,6 +30,7 @@ pub mod session_start_in_place;
 pub mod session_time_filter;
 pub mod session_views;
 pub mod shell;
+pub mod whole_partition;
 
 pub use engine::{
     Engine, EngineBuilder, isolated_session, run_statements, session_context, use_events_table,

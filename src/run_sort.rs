@@ -42,7 +42,6 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::exec_err;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
@@ -58,6 +57,7 @@ use datafusion::physical_plan::{
 use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::plan_rewrite::rewrite_bottom_up;
+use crate::whole_partition::{read_whole_partition, unlimited_reservation};
 
 /// How the name of a window expression calling sessionql's sessionizing
 /// window function starts.
@@ -163,25 +163,17 @@ impl ExecutionPlan for SortRunsExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let memory_pool = Arc::clone(&context.runtime_env().memory_pool);
-        if !matches!(memory_pool.memory_limit(), MemoryLimit::Infinite) {
+        let Some(reservation) = unlimited_reservation(&context, "SortRunsExec", partition) else {
             return self.sort.execute(partition, context);
-        }
-        let mut input = self.sort.input().execute(partition, Arc::clone(&context))?;
+        };
+        let input = self.sort.input().execute(partition, Arc::clone(&context))?;
         let schema = self.schema();
         let keys = self.sort.expr().clone();
         let batch_size = context.session_config().batch_size().max(1);
         let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let reservation =
-            MemoryConsumer::new(format!("SortRunsExec[{partition}]")).register(&memory_pool);
         let whole = self.whole;
         let sorted = stream::once(async move {
-            let mut batches = Vec::new();
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                reservation.try_grow(batch.get_array_memory_size())?;
-                batches.push(batch);
-            }
+            let batches = read_whole_partition(input, &reservation).await?;
             let timer = baseline.elapsed_compute().timer();
             let order = sort_rows(&batches, &keys)?;
             timer.done();

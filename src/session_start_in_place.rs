@@ -36,7 +36,6 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{HashMap, exec_err, internal_err};
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryLimit};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::window::{StandardWindowExpr, WindowExpr};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -65,6 +64,7 @@ use futures::{StreamExt, TryStreamExt, stream};
 use sessionql_udfs::session_start::{SessionStart, SessionWalk, session_start_timeouts_us};
 
 use crate::repeated_keys::DropRepeatedKeysExec;
+use crate::whole_partition::{read_whole_partition, unlimited_reservation};
 
 /// Computes `session_start(timestamp) OVER (PARTITION BY user ORDER BY
 /// timestamp)` for each partition of its input, whose partitions must hold
@@ -233,28 +233,20 @@ impl ExecutionPlan for SessionStartInPlaceExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        let memory_pool = Arc::clone(&context.runtime_env().memory_pool);
-        if !matches!(memory_pool.memory_limit(), MemoryLimit::Infinite) {
+        let Some(reservation) =
+            unlimited_reservation(&context, "SessionStartInPlaceExec", partition)
+        else {
             return self.window.execute(partition, context);
-        }
-        let mut input = self.input.execute(partition, Arc::clone(&context))?;
+        };
+        let input = self.input.execute(partition, Arc::clone(&context))?;
         let schema = self.schema();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
-        let reservation = MemoryConsumer::new(format!("SessionStartInPlaceExec[{partition}]"))
-            .register(&memory_pool);
         let walk = SessionWalk::new(self.idle_timeout_us, self.max_duration_us);
         let user = Arc::clone(&self.user);
         let timestamp = Arc::clone(&self.timestamp);
         let output_schema = Arc::clone(&schema);
         let with_starts = stream::once(async move {
-            let mut batches = Vec::new();
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                if batch.num_rows() > 0 {
-                    reservation.try_grow(batch.get_array_memory_size())?;
-                    batches.push(batch);
-                }
-            }
+            let batches = read_whole_partition(input, &reservation).await?;
             let timer = baseline.elapsed_compute().timer();
             let batches = with_session_starts(batches, &user, &timestamp, walk, &output_schema)?;
             baseline
@@ -554,7 +546,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
-    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+    use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema};
     use datafusion::datasource::MemTable;
     use datafusion::datasource::memory::MemorySourceConfig;
     use datafusion::execution::memory_pool::FairSpillPool;
@@ -564,19 +556,14 @@ mod tests {
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use sessionql_udfs::session_start::session_start_udwf;
+    use sessionql_udfs::{MICROS_PER_SECOND, timestamp_us_utc};
 
     use super::*;
-
-    const MICROS_PER_SECOND: i64 = 1_000_000;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
             Field::new("user", DataType::Utf8, true),
-            Field::new(
-                "t",
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                true,
-            ),
+            Field::new("t", timestamp_us_utc(), true),
             Field::new("tag", DataType::Int64, false),
         ]))
     }
