@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use sessionql_udfs::SessionqlConfig;
 
 use crate::channel_files::ChannelFiles;
+use crate::distinct_keys::DistinctKeysAsFilter;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
 use crate::one_phase_sessions::OnePhaseSessions;
@@ -477,7 +478,8 @@ pub fn session_context(
             .with_physical_optimizer_rule(Arc::new(OnePhaseSessions))
             .with_physical_optimizer_rule(Arc::new(DropRepeatedKeys))
             .with_physical_optimizer_rule(Arc::new(SessionStartInPlace))
-            .with_physical_optimizer_rule(Arc::new(SortRuns)),
+            .with_physical_optimizer_rule(Arc::new(SortRuns))
+            .with_physical_optimizer_rule(Arc::new(DistinctKeysAsFilter)),
     )?
     .build();
     state.add_analyzer_rule(Arc::new(SessionTimeFilter));

@@ -51,9 +51,11 @@ fn keep_freed_memory() {
 }
 
 /// Warnings, sessionql's own progress, and not Ballista's client-side log of
-/// a failed job: the CLI prints that error itself, as one `error:` line.
-const DEFAULT_LOG_FILTER: &str =
-    "warn,sessionql=info,ballista_core::execution_plans::distributed_query=off";
+/// a failed job, nor its client's warnings while it retries fetching results
+/// from an executor that is gone: the CLI prints the error itself, as one
+/// `error:` line.
+const DEFAULT_LOG_FILTER: &str = "warn,sessionql=info,\
+    ballista_core::execution_plans::distributed_query=off,ballista_core::client=error";
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -416,6 +416,15 @@ async fn sessions_are_derived_in_place_where_no_operator_needs_the_sorted_order(
         assert!(!plan.contains("WindowAggExec"), "{plan}");
         assert!(!plan.contains("SortRunsExec"), "{plan}");
     }
+    // Query 6's distinct (event, session id) pairs: the grouping's last
+    // phase passes on the first row of each pair.
+    let plan =
+        physical_plan("SELECT event, count(DISTINCT session_id) FROM session_events GROUP BY 1")
+            .await;
+    assert!(
+        plan.contains("DistinctKeysExec: keys=[event@0, alias1@1]"),
+        "{plan}"
+    );
     // Rows handed out as they come may be relied on in window order (a
     // query's ORDER BY met with no sort left), so the window stays.
     let plan = physical_plan("SELECT session_id FROM session_events").await;
