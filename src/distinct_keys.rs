@@ -475,30 +475,8 @@ fn group_number(group: usize) -> Result<u32> {
     }
 }
 
-/// Each byte's value as a lowercase hex digit, or [`NOT_HEX`].
-const HEX_DIGITS: [u8; 256] = {
-    let mut digits = [NOT_HEX; 256];
-    let mut digit = 0;
-    while digit < 10 {
-        digits[b'0' as usize + digit] = digit as u8;
-        digit += 1;
-    }
-    let mut letter = 0;
-    while letter < 6 {
-        digits[b'a' as usize + letter] = 10 + letter as u8;
-        letter += 1;
-    }
-    digits
-};
-const NOT_HEX: u8 = 0xff;
-
-/// Where a canonical UUID (36 characters) has its hyphens, and its hex
-/// digits: the first 16 make the number's high half, the last 16 its low.
+/// Where a canonical UUID (36 characters) has its hyphens.
 const UUID_HYPHENS: [usize; 4] = [8, 13, 18, 23];
-const UUID_HIGH_DIGITS: [usize; 16] = [0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17];
-const UUID_LOW_DIGITS: [usize; 16] = [
-    19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
-];
 
 /// The number a UUID in canonical form (`8-4-4-4-12` lowercase hex digits)
 /// writes; `None` for any other text, so that two texts have the same
@@ -508,19 +486,56 @@ fn canonical_uuid(text: &[u8]) -> Option<u128> {
     if UUID_HYPHENS.iter().any(|&at| text[at] != b'-') {
         return None;
     }
-    // Fixed positions in a fixed-size array: no bounds checks, no branches
-    // per digit; a byte that is not a digit sets a high bit of `not_hex`.
-    let mut not_hex = 0_u8;
-    let mut half = |positions: &[usize; 16]| {
-        positions.iter().fold(0_u64, |number, &at| {
-            let digit = HEX_DIGITS[text[at] as usize];
-            not_hex |= digit;
-            (number << 4) | u64::from(digit & 0x0f)
-        })
+    let four = |at: usize| {
+        u64::from(u32::from_le_bytes([
+            text[at],
+            text[at + 1],
+            text[at + 2],
+            text[at + 3],
+        ]))
     };
-    let high = half(&UUID_HIGH_DIGITS);
-    let low = half(&UUID_LOW_DIGITS);
-    (not_hex & 0xf0 == 0).then_some((u128::from(high) << 64) | u128::from(low))
+    // The 32 digits as four words of eight characters, the first character
+    // in the lowest byte.
+    let words = [
+        four(0) | (four(4) << 32),
+        four(9) | (four(14) << 32),
+        four(19) | (four(24) << 32),
+        four(28) | (four(32) << 32),
+    ];
+    let [first, second, third, fourth] = words.map(eight_hex_digits);
+    let high = (u64::from(first?) << 32) | u64::from(second?);
+    let low = (u64::from(third?) << 32) | u64::from(fourth?);
+    Some((u128::from(high) << 64) | u128::from(low))
+}
+
+/// Bytes of a word, each set to `byte`.
+const fn each_byte(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+/// The number eight lowercase hex digits write (the first, most
+/// significant, in the word's lowest byte), or `None` if any character is
+/// not one: all eight bytes checked and decoded at once within the word.
+fn eight_hex_digits(word: u64) -> Option<u32> {
+    const HIGH_BITS: u64 = each_byte(0x80);
+    if word & HIGH_BITS != 0 {
+        return None;
+    }
+    // Adding 0x80 - lo to a byte below 0x80 sets its high bit exactly when
+    // the byte is at least lo, and carries into no other byte.
+    let at_least = |lo: u8| word + each_byte(0x80 - lo);
+    let digit = at_least(b'0') & !at_least(b'9' + 1) & HIGH_BITS;
+    let letter = at_least(b'a') & !at_least(b'f' + 1) & HIGH_BITS;
+    if (digit | letter) != HIGH_BITS {
+        return None;
+    }
+    // '0'–'9' end in their value; 'a'–'f' end in 1–6, nine short.
+    let nibbles = (word & each_byte(0x0f)) + (letter >> 7) * 9;
+    // Pairs of nibbles into bytes, pairs of bytes into 16 bits, then the
+    // two halves: the first character ends up most significant.
+    let bytes = ((nibbles & 0x000f_000f_000f_000f) << 4) | ((nibbles >> 8) & 0x000f_000f_000f_000f);
+    let halves = ((bytes & 0x0000_00ff_0000_00ff) << 8) | ((bytes >> 16) & 0x0000_00ff_0000_00ff);
+    Some((((halves & 0xffff) << 16) | ((halves >> 32) & 0xffff)) as u32)
 }
 
 /// The physical optimizer rule: each grouping that only collects distinct
@@ -596,6 +611,27 @@ mod tests {
             "",
         ] {
             assert_eq!(canonical_uuid(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn every_character_at_every_digit_is_checked() {
+        // Each of the 256 byte values at each of the 32 digit places of a
+        // canonical UUID: a number only for 0-9 and a-f, with that digit's
+        // value at that place.
+        let digit_places: Vec<usize> = (0..36).filter(|at| !UUID_HYPHENS.contains(at)).collect();
+        for (index, &at) in digit_places.iter().enumerate() {
+            for byte in 0..=255_u8 {
+                let mut text = *b"00000000-0000-0000-0000-000000000000";
+                text[at] = byte;
+                let expected = match byte {
+                    b'0'..=b'9' => Some(u128::from(byte - b'0')),
+                    b'a'..=b'f' => Some(u128::from(byte - b'a' + 10)),
+                    _ => None,
+                }
+                .map(|digit| digit << (4 * (31 - index)));
+                assert_eq!(canonical_uuid(&text), expected, "byte {byte} at {at}");
+            }
         }
     }
 
