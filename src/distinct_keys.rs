@@ -12,13 +12,14 @@
 //! Session ids are UUIDs, both the SDK's `$session_id` (UUIDv7) and the
 //! derived sessions' (`session_uuid`), and a UUID written in its canonical
 //! form (36 characters, lowercase hex, hyphens at 8, 13, 18 and 23) is a
-//! 128-bit number and nothing else. [`DistinctKeysExec`] remembers each key
-//! it has passed on as a 24-byte code in one hash set: the other key
+//! 128-bit number and nothing else. [`DistinctKeysExec`] holds a
+//! partition's rows and codes each row's key in 24 bytes: the other key
 //! columns as a group number (through DataFusion's own group values, which
 //! stay small for a breakdown like `event`), the last column as its UUID's
 //! number, or, for a value that is not a canonical UUID, as a number through
-//! DataFusion's group values too. Rows whose code is new pass on, as they
-//! came; no string is copied.
+//! DataFusion's group values too. The first row of each code passes on, in
+//! input order, once the partition is read; no string is copied but by that
+//! filter.
 //!
 //! The rule replaces a grouping with no aggregates whose last key is a
 //! string, in any phase that sees whole keys (final, or single over
@@ -112,7 +113,7 @@ impl DistinctKeysExec {
         let properties = PlanProperties::new(
             grouping.properties().equivalence_properties().clone(),
             grouping.properties().output_partitioning().clone(),
-            EmissionType::Incremental,
+            EmissionType::Final,
             grouping.input().boundedness(),
         );
         Some(Self {
@@ -136,7 +137,8 @@ impl ExecutionPlan for DistinctKeysExec {
         "DistinctKeysExec"
     }
 
-    /// The grouping's schema and partitions, emitted as rows arrive.
+    /// The grouping's schema and partitions, emitted once a partition is
+    /// read (as the grouping's are).
     fn properties(&self) -> &Arc<PlanProperties> {
         &self.properties
     }
