@@ -35,7 +35,7 @@ use datafusion::arrow::row::{RowConverter, Rows, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{HashMap, exec_err, internal_err};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::window::{StandardWindowExpr, WindowExpr};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
@@ -53,18 +53,16 @@ use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSe
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::windows::{WindowAggExec, WindowUDFExpr};
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt, stream};
 
 use sessionql_udfs::session_start::{SessionStart, SessionWalk, session_start_timeouts_us};
 
 use crate::repeated_keys::DropRepeatedKeysExec;
-use crate::whole_partition::{read_whole_partition, unlimited_reservation};
+use crate::whole_partition::{transform_whole_partition, unlimited_reservation};
 
 /// Computes `session_start(timestamp) OVER (PARTITION BY user ORDER BY
 /// timestamp)` for each partition of its input, whose partitions must hold
@@ -245,23 +243,15 @@ impl ExecutionPlan for SessionStartInPlaceExec {
         let user = Arc::clone(&self.user);
         let timestamp = Arc::clone(&self.timestamp);
         let output_schema = Arc::clone(&schema);
-        let with_starts = stream::once(async move {
-            let batches = read_whole_partition(input, &reservation).await?;
-            let timer = baseline.elapsed_compute().timer();
-            let batches = with_session_starts(batches, &user, &timestamp, walk, &output_schema)?;
-            baseline
-                .output_rows()
-                .add(batches.iter().map(RecordBatch::num_rows).sum());
-            timer.done();
-            let held = stream::iter(batches.into_iter().map(Ok)).map(move |batch| {
-                // The reservation lives as long as the batches it counts.
-                let _held = &reservation;
-                batch
-            });
-            Ok::<_, DataFusionError>(held)
-        })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, with_starts)))
+        Ok(transform_whole_partition(
+            input,
+            schema,
+            reservation,
+            baseline,
+            move |batches, _reservation| {
+                with_session_starts(batches, &user, &timestamp, walk, &output_schema)
+            },
+        ))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {

@@ -6,12 +6,15 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::error::Result;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{
     MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
 };
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use futures::StreamExt;
+use datafusion::physical_plan::metrics::BaselineMetrics;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt, stream};
 
 /// A reservation named `operator[partition]` in the task's memory pool, or
 /// `None` when the pool has a limit and the operator must not hold a whole
@@ -40,4 +43,37 @@ pub async fn read_whole_partition(
         }
     }
     Ok(batches)
+}
+
+/// The batches `transform` makes of all of `input`'s (read into
+/// `reservation`), handed on one by one: its time is the operator's compute
+/// time and its rows the output rows, and the reservation is kept until the
+/// last batch is passed on.
+pub fn transform_whole_partition<F>(
+    input: SendableRecordBatchStream,
+    schema: SchemaRef,
+    reservation: MemoryReservation,
+    baseline: BaselineMetrics,
+    transform: F,
+) -> SendableRecordBatchStream
+where
+    F: FnOnce(Vec<RecordBatch>, &MemoryReservation) -> Result<Vec<RecordBatch>> + Send + 'static,
+{
+    let output = stream::once(async move {
+        let batches = read_whole_partition(input, &reservation).await?;
+        let timer = baseline.elapsed_compute().timer();
+        let batches = transform(batches, &reservation)?;
+        baseline
+            .output_rows()
+            .add(batches.iter().map(RecordBatch::num_rows).sum());
+        timer.done();
+        let held = stream::iter(batches.into_iter().map(Ok)).map(move |batch| {
+            // The reservation lives as long as the batches it counts.
+            let _held = &reservation;
+            batch
+        });
+        Ok::<_, DataFusionError>(held)
+    })
+    .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, output))
 }
