@@ -40,7 +40,7 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{HashSet, exec_err};
-use datafusion::error::{DataFusionError, Result};
+use datafusion::error::Result;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
@@ -54,14 +54,12 @@ use datafusion::physical_plan::execution_plan::{
     ChildrenPropertiesMode, EmissionType, ReplaceChildrenOptions, apply_expression_roots,
 };
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt, stream};
 
 use crate::plan_rewrite::rewrite_bottom_up;
-use crate::whole_partition::{read_whole_partition, unlimited_reservation};
+use crate::whole_partition::{transform_whole_partition, unlimited_reservation};
 
 /// Passes on the first row of each distinct key of its input, each key's
 /// rows being in one partition, with the key columns as the replaced
@@ -204,23 +202,15 @@ impl ExecutionPlan for DistinctKeysExec {
         let keys = self.keys.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let output_schema = Arc::clone(&schema);
-        let first_rows = stream::once(async move {
-            let batches = read_whole_partition(input, &reservation).await?;
-            let timer = baseline.elapsed_compute().timer();
-            let batches = first_rows_of_keys(batches, &keys, &output_schema, &reservation)?;
-            baseline
-                .output_rows()
-                .add(batches.iter().map(RecordBatch::num_rows).sum());
-            timer.done();
-            let held = stream::iter(batches.into_iter().map(Ok)).map(move |batch| {
-                // The reservation lives as long as the batches it counts.
-                let _held = &reservation;
-                batch
-            });
-            Ok::<_, DataFusionError>(held)
-        })
-        .try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, first_rows)))
+        Ok(transform_whole_partition(
+            input,
+            schema,
+            reservation,
+            baseline,
+            move |batches, reservation| {
+                first_rows_of_keys(batches, &keys, &output_schema, reservation)
+            },
+        ))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -585,6 +575,8 @@ mod tests {
 
     use super::*;
 
+    use sessionql_udfs::session_uuid::uuid_text;
+
     const LOWER: &str = "018cc527-e260-784e-8d07-b1e5af18a018";
     const UPPER: &str = "018CC527-E260-784E-8D07-B1E5AF18A018";
 
@@ -613,6 +605,17 @@ mod tests {
             "",
         ] {
             assert_eq!(canonical_uuid(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_uuid_written_as_session_ids_are_reads_back_as_its_number() {
+        let mut bits = 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210_u128;
+        for _ in 0..1000 {
+            assert_eq!(canonical_uuid(uuid_text(bits).as_bytes()), Some(bits));
+            bits = bits
+                .wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15)
+                .wrapping_add(1);
         }
     }
 
@@ -716,20 +719,7 @@ mod tests {
             (state >> 33) % modulo
         };
         let uuids: Vec<String> = (0..50_u64)
-            .map(|index| {
-                let hex = format!(
-                    "{:032x}",
-                    u128::from(index) * 0x0123_4567_89ab_cdef_0123_4567
-                );
-                format!(
-                    "{}-{}-{}-{}-{}",
-                    &hex[0..8],
-                    &hex[8..12],
-                    &hex[12..16],
-                    &hex[16..20],
-                    &hex[20..32]
-                )
-            })
+            .map(|index| uuid_text(u128::from(index) * 0x0123_4567_89ab_cdef_0123_4567))
             .collect();
         let schema = Arc::new(Schema::new(vec![
             Field::new("page", DataType::Utf8, true),

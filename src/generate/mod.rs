@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use chrono::{NaiveDate, TimeZone, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use sessionql_udfs::session_uuid::uuid_text;
 use sessionql_udfs::stable_hash::splitmix64;
 
 use crate::error::{Result, SessionqlError};
@@ -154,15 +155,7 @@ impl Rng {
         let random = (u128::from(self.next_u64()) << 64) | u128::from(self.next_u64());
         let bits =
             (millis << 80) | (0x7 << 76) | (random & 0x0fff_3fff_ffff_ffff_ffff) | (0b10 << 62);
-        let hex = format!("{bits:032x}");
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
+        uuid_text(bits)
     }
 }
 

@@ -88,7 +88,9 @@ pub fn uuid_v7_from_key(unix_us: i64, key: &[u8]) -> String {
 
 /// The canonical text of a UUID: 32 lower-case hex digits in groups of
 /// 8-4-4-4-12, written without `format!` (this runs once per derived session).
-fn uuid_text(bits: u128) -> String {
+/// Public so that other writers of UUIDs (the data generator, tests) spell
+/// them as session ids are spelled.
+pub fn uuid_text(bits: u128) -> String {
     let mut text = [0u8; 36];
     let mut digits = (0..32)
         .rev()
