@@ -9,7 +9,7 @@ use datafusion::arrow::array::{ArrayRef, StringBuilder, TimestampMicrosecondArra
 use datafusion::arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
-use crate::events_schema::{OPTIONAL_STRING_COLUMNS, REQUIRED_COLUMNS, events_schema};
+use crate::events_schema::{OPTIONAL_STRING_COLUMNS, REQUIRED_COLUMNS, stored_events_schema};
 
 /// One event, checked and ready for the events schema.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,7 +265,7 @@ impl EventBatchBuilder {
                 .iter_mut()
                 .map(|builder| Arc::new(builder.finish()) as ArrayRef),
         );
-        Ok(RecordBatch::try_new(events_schema(), columns)?)
+        Ok(RecordBatch::try_new(stored_events_schema(), columns)?)
     }
 }
 

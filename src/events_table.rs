@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::error::{Result, SessionqlError};
 use crate::event_rows::{EventBatchBuilder, event_from_csv, event_from_json};
-use crate::events_schema::{REQUIRED_COLUMNS, events_schema};
+use crate::events_schema::{REQUIRED_COLUMNS, events_schema, to_events_schema};
 
 /// Rows per in-memory batch of NDJSON/CSV events.
 const ROWS_PER_BATCH: usize = 8192;
@@ -324,7 +324,7 @@ fn load_rows(
                     builder.push(row);
                     report.loaded_events += 1;
                     if builder.len() >= ROWS_PER_BATCH {
-                        batches.push(builder.finish()?);
+                        batches.push(to_events_schema(&builder.finish()?)?);
                     }
                 }
                 Err(reason) => report.skipped_lines.push(SkippedLine {
@@ -342,7 +342,7 @@ fn load_rows(
         }
     }
     if !builder.is_empty() {
-        batches.push(builder.finish()?);
+        batches.push(to_events_schema(&builder.finish()?)?);
     }
     Ok(batches)
 }

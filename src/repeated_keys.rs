@@ -29,7 +29,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, DynComparator, GenericByteArray, make_comparator,
+    Array, ArrayRef, AsArray, BooleanArray, DynComparator, GenericByteArray, StringViewArray,
+    make_comparator,
 };
 use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
 use datafusion::arrow::compute::{SortOptions, filter_record_batch};
@@ -288,6 +289,7 @@ impl RecentKeys {
 enum KeyEquality<'a> {
     Utf8(&'a GenericByteArray<GenericStringType<i32>>),
     LargeUtf8(&'a GenericByteArray<GenericStringType<i64>>),
+    Utf8View(&'a StringViewArray),
     Other(DynComparator),
 }
 
@@ -297,6 +299,7 @@ impl<'a> KeyEquality<'a> {
         Some(match key.data_type() {
             DataType::Utf8 => Self::Utf8(key.as_string::<i32>()),
             DataType::LargeUtf8 => Self::LargeUtf8(key.as_string::<i64>()),
+            DataType::Utf8View => Self::Utf8View(key.as_string_view()),
             _ => Self::Other(
                 make_comparator(key.as_ref(), key.as_ref(), SortOptions::default()).ok()?,
             ),
@@ -307,6 +310,7 @@ impl<'a> KeyEquality<'a> {
         match self {
             Self::Utf8(strings) => same_bytes(strings, left, right),
             Self::LargeUtf8(strings) => same_bytes(strings, left, right),
+            Self::Utf8View(strings) => same_view_text(strings, left, right),
             Self::Other(compare) => compare(left, right).is_eq(),
         }
     }
@@ -318,6 +322,26 @@ fn same_bytes<T: ByteArrayType>(array: &GenericByteArray<T>, left: usize, right:
             let left: &[u8] = array.value(left).as_ref();
             let right: &[u8] = array.value(right).as_ref();
             left == right
+        }
+        (true, true) => true,
+        _ => false,
+    }
+}
+
+/// Equality of two rows of a string view column. Equal views are equal
+/// strings (the same inline bytes, or the same length, prefix and place in
+/// the same buffer): values read from one Parquet dictionary page compare
+/// so, without touching their bytes. Other views of equal length compare
+/// their bytes.
+fn same_view_text(array: &StringViewArray, left: usize, right: usize) -> bool {
+    match (array.is_null(left), array.is_null(right)) {
+        (false, false) => {
+            let views = array.views();
+            let (left_view, right_view) = (views[left], views[right]);
+            // The low 32 bits of a view are its string's length.
+            left_view == right_view
+                || (left_view as u32 == right_view as u32
+                    && array.value(left).as_bytes() == array.value(right).as_bytes())
         }
         (true, true) => true,
         _ => false,
@@ -382,7 +406,7 @@ fn with_repeats_dropped(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn 
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::array::{Int64Array, StringArray, StringViewBuilder};
 
     use super::*;
 
@@ -418,6 +442,28 @@ mod tests {
         assert_eq!(
             kept(vec![events, sessions]),
             [true, true, false, true, false, true, false]
+        );
+    }
+
+    #[test]
+    fn string_views_are_compared_by_their_text() {
+        // A text longer than 12 bytes (each copy at its own place of small
+        // buffers, so equal texts have unequal views), a short one (held in
+        // the view), nulls, and a long text differing in its last byte:
+        // rows 1, 3, 4 and 6 repeat rows 0, 2, 0 and 5.
+        let long = "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+        let mut builder = StringViewBuilder::new().with_fixed_block_size(64);
+        for text in [Some(long), Some(long), Some("pageview"), Some("pageview")] {
+            builder.append_option(text);
+        }
+        builder.append_value(long);
+        builder.append_null();
+        builder.append_null();
+        builder.append_value("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c");
+        let views: ArrayRef = Arc::new(builder.finish());
+        assert_eq!(
+            kept(vec![views]),
+            [true, false, true, false, false, true, false, true]
         );
     }
 

@@ -46,9 +46,14 @@ fn session_events_sql() -> String {
 }
 
 /// One row per session with every property of spec §2.
+///
+/// `session_id` is handed on as `Utf8`, like every other string property:
+/// `events` reads it as a view (see `events_schema::VIEW_STRING_COLUMNS`),
+/// but a session's properties keep one plain string type for BI tools and
+/// Flight SQL clients; the cast copies one id per session.
 const SESSIONS_SQL: &str = "
 SELECT
-    session_id,
+    arrow_cast(session_id, 'Utf8') AS session_id,
     distinct_id,
     start_timestamp,
     end_timestamp,

@@ -17,7 +17,7 @@ use sessionql_udfs::blank_to_null::blank_to_null;
 use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
 use crate::event_rows::{EventBatchBuilder, EventRow};
-use crate::events_schema::events_schema;
+use crate::events_schema::stored_events_schema;
 
 /// Rows per row group of the generated files.
 const ROWS_PER_ROW_GROUP: usize = 256 * 1024;
@@ -94,7 +94,7 @@ impl ParquetFiles {
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
                 .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
                 .build();
-            let writer = ArrowWriter::try_new(file, events_schema(), Some(properties))
+            let writer = ArrowWriter::try_new(file, stored_events_schema(), Some(properties))
                 .map_err(|error| SessionqlError::Query(error.into()))?;
             self.current = Some((writer, temporary_path, final_path, 0));
         }

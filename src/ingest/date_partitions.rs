@@ -38,7 +38,7 @@ use sessionql_udfs::stable_hash::stable_hash64;
 
 use crate::complete_files::{publish, temporary_path};
 use crate::error::{Result, SessionqlError};
-use crate::events_schema::events_schema;
+use crate::events_schema::stored_events_schema;
 
 /// Rows per Parquet row group: small enough for time pruning to skip some.
 const ROWS_PER_ROW_GROUP: usize = 128 * 1024;
@@ -328,7 +328,7 @@ fn flush_spill(spill: &mut DateSpill, path: PathBuf) -> Result<()> {
         })?;
         spill.writer = Some(StreamWriter::try_new(
             BufWriter::new(file),
-            &events_schema(),
+            &stored_events_schema(),
         )?);
         spill.path = path;
     }
@@ -426,7 +426,7 @@ fn write_parquet_atomically(batch: &RecordBatch, directory: &Path, name: &str) -
         .set_max_row_group_row_count(Some(ROWS_PER_ROW_GROUP))
         .set_sorting_columns(Some(declared_sorting_columns()))
         .build();
-    let mut writer = ArrowWriter::try_new(file, events_schema(), Some(properties))
+    let mut writer = ArrowWriter::try_new(file, stored_events_schema(), Some(properties))
         .map_err(|error| write_error(error.to_string()))?;
     writer
         .write(batch)
