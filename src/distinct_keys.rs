@@ -32,14 +32,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, UInt32Array,
+    Array, ArrayRef, AsArray, BooleanArray, BooleanBufferBuilder, RecordBatch, StringViewArray,
+    UInt32Array,
 };
 use datafusion::arrow::buffer::BooleanBuffer;
 use datafusion::arrow::compute::{filter_record_batch, take};
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{HashSet, exec_err};
+use datafusion::common::{HashMap, HashSet, exec_err};
 use datafusion::error::Result;
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -343,6 +344,11 @@ impl KeyCode {
     }
 }
 
+/// Numbers of other keys held by the group values have this bit set; those
+/// of short strings numbered by their views ([`KeyCoder::number_short_views`])
+/// do not.
+const LONG_VIEW_NUMBER: u32 = 1 << 31;
+
 const LAST_IS_UUID: u32 = 0;
 const LAST_IS_NULL: u32 = 1;
 const FIRST_STRING_NUMBER: u32 = 2;
@@ -354,8 +360,12 @@ struct KeyCoder {
     other_columns: Option<Box<dyn GroupValues>>,
     /// Numbers the last column's strings that are not canonical UUIDs.
     other_strings: Box<dyn GroupValues>,
+    /// Numbers of the short strings of a single other key column of views,
+    /// by view (see [`KeyCoder::number_short_views`]).
+    short_views: HashMap<u128, u32>,
     /// Scratch, reused between batches.
     other_groups: Vec<usize>,
+    other_rows: Vec<u32>,
     string_groups: Vec<usize>,
     string_rows: Vec<u32>,
 }
@@ -382,7 +392,9 @@ impl KeyCoder {
         Ok(Self {
             other_columns,
             other_strings,
+            short_views: HashMap::default(),
             other_groups: Vec::new(),
+            other_rows: Vec::new(),
             string_groups: Vec::new(),
             string_rows: Vec::new(),
         })
@@ -394,6 +406,7 @@ impl KeyCoder {
             .as_ref()
             .map_or(0, |values| values.size())
             + self.other_strings.size()
+            + self.short_views.capacity() * (size_of::<u128>() + size_of::<u32>() + 1)
     }
 
     /// Appends to `codes` the code of each row of `keys` (one array per key
@@ -423,10 +436,62 @@ impl KeyCoder {
                 batch_codes[row as usize].last_kind = last_kind;
             }
         }
+        let short_views = match others {
+            [strings] if strings.data_type() == &DataType::Utf8View => {
+                Some(strings.as_string_view())
+            }
+            _ => None,
+        };
+        if let (Some(strings), Some(_)) = (short_views, &self.other_columns) {
+            self.number_short_views(strings, batch_codes)?;
+        }
         if let Some(other_columns) = &mut self.other_columns {
-            other_columns.intern(others, &mut self.other_groups)?;
-            for (code, &group) in batch_codes.iter_mut().zip(&self.other_groups) {
-                code.others = group_number(group)?;
+            if short_views.is_none() {
+                other_columns.intern(others, &mut self.other_groups)?;
+                for (code, &group) in batch_codes.iter_mut().zip(&self.other_groups) {
+                    code.others = group_number(group)?;
+                }
+            } else if !self.other_rows.is_empty() {
+                let rows_taken = UInt32Array::from_iter_values(self.other_rows.iter().copied());
+                let rest = take(others[0].as_ref(), &rows_taken, None)?;
+                other_columns.intern(&[rest], &mut self.other_groups)?;
+                for (&row, &group) in self.other_rows.iter().zip(&self.other_groups) {
+                    let number = group_number(group)?;
+                    if number >= LONG_VIEW_NUMBER {
+                        return exec_err!("DistinctKeysExec: too many distinct keys to number");
+                    }
+                    batch_codes[row as usize].others = number | LONG_VIEW_NUMBER;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Numbers the strings of at most 12 bytes of a single other key column
+    /// held as views (an event name, usually) by their views, which hold
+    /// them whole: a lookup of 16 bytes instead of DataFusion's group values,
+    /// a fifth of the operator's time. Lists the other rows (nulls, longer
+    /// strings) in `other_rows`, for the group values to number.
+    fn number_short_views(
+        &mut self,
+        strings: &StringViewArray,
+        codes: &mut [KeyCode],
+    ) -> Result<()> {
+        self.other_rows.clear();
+        for (row, (code, &view)) in codes.iter_mut().zip(strings.views()).enumerate() {
+            // The low 32 bits of a view are its string's length.
+            if strings.is_valid(row) && view as u32 <= 12 {
+                let next = self.short_views.len();
+                let number = *self.short_views.entry(view).or_insert(next as u32);
+                if number >= LONG_VIEW_NUMBER {
+                    return exec_err!("DistinctKeysExec: too many distinct keys to number");
+                }
+                code.others = number;
+            } else {
+                let Ok(row) = u32::try_from(row) else {
+                    return exec_err!("DistinctKeysExec: a batch of over 2^32 rows");
+                };
+                self.other_rows.push(row);
             }
         }
         Ok(())
@@ -734,8 +799,14 @@ mod tests {
                         let mut ids = Vec::new();
                         let mut numbers = Vec::new();
                         for _ in 0..100 {
+                            // Short names, names longer than the 12 bytes a
+                            // string view holds itself, and nulls.
                             let page = next(6);
-                            pages.push((page < 5).then(|| format!("p{page}")));
+                            pages.push(match page {
+                                0..=2 => Some(format!("p{page}")),
+                                3 | 4 => Some(format!("a-page-longer-than-a-view-{page}")),
+                                _ => None,
+                            });
                             let id = next(10);
                             let which = next(50) as usize;
                             ids.push(match id {
@@ -802,6 +873,12 @@ mod tests {
             "SELECT n, page, count(DISTINCT id) FROM t GROUP BY 1, 2 ORDER BY 1, 2 NULLS LAST",
             "SELECT DISTINCT arrow_cast(id, 'Utf8View') AS id FROM t ORDER BY 1 NULLS LAST",
             "SELECT DISTINCT arrow_cast(id, 'LargeUtf8') AS id FROM t ORDER BY 1 NULLS LAST",
+            // The other key as views: short names numbered by their views,
+            // long ones and nulls by the group values.
+            "SELECT arrow_cast(page, 'Utf8View') AS page, count(DISTINCT id) FROM t \
+             GROUP BY 1 ORDER BY 1 NULLS LAST",
+            "SELECT DISTINCT arrow_cast(page, 'Utf8View') AS page, arrow_cast(id, 'Utf8View') AS id \
+             FROM t ORDER BY 1 NULLS LAST, 2 NULLS LAST",
         ] {
             let (_, expected) = plan_and_rows(&context(&partitions, false, false), sql).await;
             let (plan, rows) = plan_and_rows(&context(&partitions, true, false), sql).await;

@@ -31,6 +31,7 @@ use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, event
 use crate::one_phase_sessions::OnePhaseSessions;
 use crate::repeated_keys::DropRepeatedKeys;
 use crate::run_sort::SortRuns;
+use crate::scan_filters::UncoalescedScanFilters;
 use crate::session_start_in_place::SessionStartInPlace;
 use crate::session_time_filter::SessionTimeFilter;
 use crate::session_views::register_session_views;
@@ -479,7 +480,8 @@ pub fn session_context(
             .with_physical_optimizer_rule(Arc::new(DropRepeatedKeys))
             .with_physical_optimizer_rule(Arc::new(SessionStartInPlace))
             .with_physical_optimizer_rule(Arc::new(SortRuns))
-            .with_physical_optimizer_rule(Arc::new(DistinctKeysAsFilter)),
+            .with_physical_optimizer_rule(Arc::new(DistinctKeysAsFilter))
+            .with_physical_optimizer_rule(Arc::new(UncoalescedScanFilters)),
     )?
     .build();
     state.add_analyzer_rule(Arc::new(SessionTimeFilter));

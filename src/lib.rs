@@ -27,6 +27,7 @@ pub mod plan_rewrite;
 pub mod postgres;
 pub mod repeated_keys;
 pub mod run_sort;
+pub mod scan_filters;
 pub mod session_start_in_place;
 pub mod session_time_filter;
 pub mod session_views;
