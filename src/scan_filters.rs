@@ -9,8 +9,9 @@
 //! filter the events scan on `session_id` and keep nearly every row of the
 //! row groups they read, so the copy bought nothing: 4% of query 6's
 //! instructions at 10M events (and the fresh copies of a session's id no
-//! longer share one string view, which `DropRepeatedKeysExec` would
-//! otherwise see). A scan already yields batches of the session's size;
+//! longer share one string view, which lets `DropRepeatedKeysExec` see two
+//! ids are equal without reading them). A scan already yields batches of
+//! the session's size;
 //! the operators that gather rows again (repartitioning, aggregation) do so
 //! above.
 //!
