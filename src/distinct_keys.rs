@@ -347,7 +347,7 @@ impl KeyCode {
 }
 
 /// Numbers of other keys held by the group values have this bit set; those
-/// of short strings numbered by their views ([`KeyCoder::number_short_views`])
+/// of short strings numbered by their views ([`number_short_views`])
 /// do not.
 const LONG_VIEW_NUMBER: u32 = 1 << 31;
 
@@ -364,7 +364,7 @@ struct KeyCoder {
     /// Numbers the last column's strings that are not canonical UUIDs.
     other_strings: Box<dyn GroupValues>,
     /// Numbers of the short strings of a single other key column of views,
-    /// by view (see [`KeyCoder::number_short_views`]).
+    /// by view (see [`number_short_views`]).
     short_views: HashMap<u128, u32>,
     /// Scratch, reused between batches.
     other_groups: Vec<usize>,
@@ -439,24 +439,22 @@ impl KeyCoder {
                 batch_codes[row as usize].last_kind = last_kind;
             }
         }
-        let short_views = match others {
-            [strings] if strings.data_type() == &DataType::Utf8View => {
-                Some(strings.as_string_view())
-            }
-            _ => None,
+        let Some(other_columns) = &mut self.other_columns else {
+            return Ok(());
         };
-        if let (Some(strings), Some(_)) = (short_views, &self.other_columns) {
-            self.number_short_views(strings, batch_codes)?;
-        }
-        if let Some(other_columns) = &mut self.other_columns {
-            if short_views.is_none() {
-                other_columns.intern(others, &mut self.other_groups)?;
-                for (code, &group) in batch_codes.iter_mut().zip(&self.other_groups) {
-                    code.others = group_number(group)?;
+        match others {
+            [strings] if strings.data_type() == &DataType::Utf8View => {
+                number_short_views(
+                    &mut self.short_views,
+                    &mut self.other_rows,
+                    strings.as_string_view(),
+                    batch_codes,
+                )?;
+                if self.other_rows.is_empty() {
+                    return Ok(());
                 }
-            } else if !self.other_rows.is_empty() {
                 let rows_taken = UInt32Array::from_iter_values(self.other_rows.iter().copied());
-                let rest = take(others[0].as_ref(), &rows_taken, None)?;
+                let rest = take(strings.as_ref(), &rows_taken, None)?;
                 other_columns.intern(&[rest], &mut self.other_groups)?;
                 for (&row, &group) in self.other_rows.iter().zip(&self.other_groups) {
                     let number = group_number(group)?;
@@ -466,36 +464,11 @@ impl KeyCoder {
                     batch_codes[row as usize].others = number | LONG_VIEW_NUMBER;
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Numbers the strings of at most 12 bytes of a single other key column
-    /// held as views (an event name, usually) by their views, which hold
-    /// them whole: a lookup of 16 bytes where DataFusion's group values
-    /// (hashing and comparing the strings) took 15% of the operator's
-    /// instructions. Lists the other rows (nulls, longer strings) in
-    /// `other_rows`, for the group values to number.
-    fn number_short_views(
-        &mut self,
-        strings: &StringViewArray,
-        codes: &mut [KeyCode],
-    ) -> Result<()> {
-        self.other_rows.clear();
-        for (row, (code, &view)) in codes.iter_mut().zip(strings.views()).enumerate() {
-            // The low 32 bits of a view are its string's length.
-            if strings.is_valid(row) && view as u32 <= 12 {
-                let next = self.short_views.len();
-                let number = *self.short_views.entry(view).or_insert(next as u32);
-                if number >= LONG_VIEW_NUMBER {
-                    return exec_err!("DistinctKeysExec: too many distinct keys to number");
+            _ => {
+                other_columns.intern(others, &mut self.other_groups)?;
+                for (code, &group) in batch_codes.iter_mut().zip(&self.other_groups) {
+                    code.others = group_number(group)?;
                 }
-                code.others = number;
-            } else {
-                let Ok(row) = u32::try_from(row) else {
-                    return exec_err!("DistinctKeysExec: a batch of over 2^32 rows");
-                };
-                self.other_rows.push(row);
             }
         }
         Ok(())
@@ -527,6 +500,38 @@ impl KeyCoder {
         }
         Ok(())
     }
+}
+
+/// Numbers the strings of at most 12 bytes of a single other key column
+/// held as views (an event name, usually) by their views, which hold
+/// them whole: a lookup of 16 bytes where DataFusion's group values
+/// (hashing and comparing the strings) took 15% of the operator's
+/// instructions. Lists the other rows (nulls, longer strings) in
+/// `other_rows`, for the group values to number.
+fn number_short_views(
+    short_views: &mut HashMap<u128, u32>,
+    other_rows: &mut Vec<u32>,
+    strings: &StringViewArray,
+    codes: &mut [KeyCode],
+) -> Result<()> {
+    other_rows.clear();
+    for (row, (code, &view)) in codes.iter_mut().zip(strings.views()).enumerate() {
+        // The low 32 bits of a view are its string's length.
+        if strings.is_valid(row) && view as u32 <= 12 {
+            let next = short_views.len();
+            let number = *short_views.entry(view).or_insert(next as u32);
+            if number >= LONG_VIEW_NUMBER {
+                return exec_err!("DistinctKeysExec: too many distinct keys to number");
+            }
+            code.others = number;
+        } else {
+            let Ok(row) = u32::try_from(row) else {
+                return exec_err!("DistinctKeysExec: a batch of over 2^32 rows");
+            };
+            other_rows.push(row);
+        }
+    }
+    Ok(())
 }
 
 fn group_number(group: usize) -> Result<u32> {
