@@ -25,7 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use sessionql_udfs::SessionqlConfig;
 
 use crate::channel_files::ChannelFiles;
-use crate::distinct_keys::DistinctKeysAsFilter;
+use crate::distinct_keys::DistinctKeysByCode;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
 use crate::one_phase_sessions::OnePhaseSessions;
@@ -480,7 +480,7 @@ pub fn session_context(
             .with_physical_optimizer_rule(Arc::new(DropRepeatedKeys))
             .with_physical_optimizer_rule(Arc::new(SessionStartInPlace))
             .with_physical_optimizer_rule(Arc::new(SortRuns))
-            .with_physical_optimizer_rule(Arc::new(DistinctKeysAsFilter))
+            .with_physical_optimizer_rule(Arc::new(DistinctKeysByCode))
             .with_physical_optimizer_rule(Arc::new(UncoalescedScanFilters)),
     )?
     .build();

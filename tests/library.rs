@@ -417,7 +417,7 @@ async fn sessions_are_derived_in_place_where_no_operator_needs_the_sorted_order(
         assert!(!plan.contains("SortRunsExec"), "{plan}");
     }
     // Query 6's distinct (event, session id) pairs: the grouping's last
-    // phase passes on the first row of each pair.
+    // phase finds them by their codes.
     let plan =
         physical_plan("SELECT event, count(DISTINCT session_id) FROM session_events GROUP BY 1")
             .await;

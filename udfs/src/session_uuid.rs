@@ -87,27 +87,41 @@ pub fn uuid_v7_from_key(unix_us: i64, key: &[u8]) -> String {
 }
 
 /// The canonical text of a UUID: 32 lower-case hex digits in groups of
-/// 8-4-4-4-12, written without `format!` (this runs once per derived session).
-/// Public so that other writers of UUIDs (the data generator, tests) spell
-/// them as session ids are spelled.
+/// 8-4-4-4-12. Public so that other writers of UUIDs (the data generator,
+/// tests) spell them as session ids are spelled.
 pub fn uuid_text(bits: u128) -> String {
-    let mut text = [0u8; 36];
-    let mut digits = (0..32)
-        .rev()
-        .map(|index| ((bits >> (index * 4)) & 0xf) as usize);
-    for (position, slot) in text.iter_mut().enumerate() {
-        *slot = if matches!(position, 8 | 13 | 18 | 23) {
-            b'-'
-        } else {
-            digits.next().map_or(b'0', |digit| HEX_DIGITS[digit])
-        };
-    }
-    // Only ASCII hex digits and hyphens were written.
-    String::from_utf8_lossy(&text).into_owned()
+    // Only ASCII hex digits and hyphens are written.
+    String::from_utf8_lossy(&uuid_ascii(bits)).into_owned()
 }
 
-/// Lower-case hexadecimal digits, by value.
-const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+/// [`uuid_text`] as its 36 ASCII bytes, for writers that append them to
+/// a column themselves (a distinct filter writes millions of ids back out
+/// of their numbers): each byte of the UUID is looked up as its two digits.
+pub fn uuid_ascii(bits: u128) -> [u8; 36] {
+    /// Where the two digits of each byte of the UUID go.
+    const PLACES: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let mut text = [b'-'; 36];
+    for (byte, at) in bits.to_be_bytes().into_iter().zip(PLACES) {
+        let [high, low] = HEX_PAIRS[usize::from(byte)];
+        text[at] = high;
+        text[at + 1] = low;
+    }
+    text
+}
+
+/// The two lower-case hex digits of each byte value.
+static HEX_PAIRS: [[u8; 2]; 256] = hex_pairs();
+
+const fn hex_pairs() -> [[u8; 2]; 256] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut pairs = [[0_u8; 2]; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        pairs[byte] = [DIGITS[byte >> 4], DIGITS[byte & 0xf]];
+        byte += 1;
+    }
+    pairs
+}
 
 impl ScalarUDFImpl for SessionUuid {
     fn name(&self) -> &str {
