@@ -138,6 +138,18 @@ impl DistinctKeysExec {
     }
 }
 
+impl DistinctKeysExec {
+    /// The grouping's keys, as expressions over its input.
+    pub fn keys(&self) -> &[Arc<dyn PhysicalExpr>] {
+        &self.keys
+    }
+
+    /// The grouping's input: the rows whose distinct keys are collected.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        self.grouping.input()
+    }
+}
+
 impl DisplayAs for DistinctKeysExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let keys: Vec<String> = self.keys.iter().map(|key| key.to_string()).collect();
@@ -259,7 +271,7 @@ const CHUNK_CODES: usize = 256;
 /// The codes of a partition's keys, gathered batch by batch into
 /// [`CODE_BUCKETS`] buckets; the batches themselves are not kept, so the
 /// pages their strings point into are freed as the partition is read.
-struct GatheredCodes {
+pub(crate) struct GatheredCodes {
     coder: KeyCoder,
     /// Each bucket's codes, in chunks of [`CHUNK_CODES`].
     buckets: Vec<Vec<Vec<KeyCode>>>,
@@ -269,7 +281,8 @@ struct GatheredCodes {
 }
 
 impl GatheredCodes {
-    fn new(schema: &SchemaRef) -> Result<Self> {
+    /// For keys of `schema` (the grouping's output: its key columns).
+    pub(crate) fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
             coder: KeyCoder::new(schema)?,
             buckets: vec![Vec::new(); CODE_BUCKETS],
@@ -280,7 +293,7 @@ impl GatheredCodes {
 
     /// Codes the keys of `batch`, adds them to their buckets and counts
     /// what is held in `reservation`.
-    fn add(
+    pub(crate) fn add(
         &mut self,
         batch: &RecordBatch,
         keys: &[Arc<dyn PhysicalExpr>],
@@ -307,6 +320,36 @@ impl GatheredCodes {
             }
         }
         reservation.try_resize(self.chunks * CHUNK_BYTES + self.coder.size())
+    }
+}
+
+impl GatheredCodes {
+    /// For each value of the key columns before the last, how many
+    /// distinct keys have a last column that is not null: the values (one
+    /// array per column; none for a single key, whose one count is then of
+    /// all keys) and the counts, row by row. Each bucket's memory is given
+    /// back to `reservation` once it is counted.
+    pub(crate) fn count_by_others(
+        self,
+        reservation: &MemoryReservation,
+    ) -> Result<(Vec<ArrayRef>, Vec<i64>)> {
+        let values = KeyValues::new(self.coder)?;
+        let groups = values.others.first().map_or(1, |column| column.len());
+        let mut counts = vec![0_i64; groups];
+        let mut seen: HashSet<KeyCode> = HashSet::default();
+        for chunks in self.buckets {
+            seen.clear();
+            for &code in chunks.iter().flatten() {
+                if code.last_kind != LAST_IS_NULL && seen.insert(code) {
+                    let Some(count) = counts.get_mut(values.other_row(code.others) as usize) else {
+                        return exec_err!("DistinctKeysExec: a key numbered past its values");
+                    };
+                    *count += 1;
+                }
+            }
+            reservation.shrink((chunks.len() * CHUNK_BYTES).min(reservation.size()));
+        }
+        Ok((values.others, counts))
     }
 }
 
@@ -912,7 +955,7 @@ impl PhysicalOptimizerRule for DistinctKeysByCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use datafusion::arrow::array::{Int64Array, StringArray};
@@ -1095,7 +1138,7 @@ mod tests {
     /// 2,000 rows of (page, id, n) in two partitions of batches of 100:
     /// pages p0–p4 or null; ids among 50 UUIDs in lowercase, the same in
     /// capitals, 20 other strings, or null.
-    fn mixed_keys(seed: u64) -> Vec<Vec<RecordBatch>> {
+    pub(crate) fn mixed_keys(seed: u64) -> Vec<Vec<RecordBatch>> {
         let mut state = seed;
         let mut next = move |modulo: u64| {
             state = state
@@ -1173,7 +1216,7 @@ mod tests {
         context
     }
 
-    async fn plan_and_rows(context: &SessionContext, sql: &str) -> (String, String) {
+    pub(crate) async fn plan_and_rows(context: &SessionContext, sql: &str) -> (String, String) {
         let frame = context.sql(sql).await.unwrap();
         let plan = frame.clone().create_physical_plan().await.unwrap();
         let plan = displayable(plan.as_ref()).indent(false).to_string();

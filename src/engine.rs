@@ -25,6 +25,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use sessionql_udfs::SessionqlConfig;
 
 use crate::channel_files::ChannelFiles;
+use crate::distinct_counts::DistinctCountsByCode;
 use crate::distinct_keys::DistinctKeysByCode;
 use crate::error::{Result, SessionqlError};
 use crate::events_table::{EventFormat, LoadReport, adapt_to_events_schema, events_table};
@@ -481,6 +482,7 @@ pub fn session_context(
             .with_physical_optimizer_rule(Arc::new(SessionStartInPlace))
             .with_physical_optimizer_rule(Arc::new(SortRuns))
             .with_physical_optimizer_rule(Arc::new(DistinctKeysByCode))
+            .with_physical_optimizer_rule(Arc::new(DistinctCountsByCode))
             .with_physical_optimizer_rule(Arc::new(UncoalescedScanFilters)),
     )?
     .build();

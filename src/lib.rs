@@ -9,6 +9,7 @@ pub mod bench;
 pub mod channel_files;
 pub mod cli;
 pub mod complete_files;
+pub mod distinct_counts;
 pub mod distinct_keys;
 #[cfg(feature = "distributed")]
 pub mod distributed;
