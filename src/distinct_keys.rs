@@ -321,9 +321,7 @@ impl GatheredCodes {
         }
         reservation.try_resize(self.chunks * CHUNK_BYTES + self.coder.size())
     }
-}
 
-impl GatheredCodes {
     /// For each value of the key columns before the last, how many
     /// distinct keys have a last column that is not null: the values (one
     /// array per column; none for a single key, whose one count is then of
@@ -342,7 +340,7 @@ impl GatheredCodes {
             for &code in chunks.iter().flatten() {
                 if code.last_kind != LAST_IS_NULL && seen.insert(code) {
                     let Some(count) = counts.get_mut(values.other_row(code.others) as usize) else {
-                        return exec_err!("DistinctKeysExec: a key numbered past its values");
+                        return exec_err!("distinct counts: a key numbered past its values");
                     };
                     *count += 1;
                 }
