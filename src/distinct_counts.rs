@@ -40,7 +40,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
 };
-use futures::{StreamExt, TryStreamExt, stream};
+use futures::{TryStreamExt, stream};
 
 use crate::distinct_keys::{DistinctKeysExec, GatheredCodes};
 use crate::plan_rewrite::rewrite_bottom_up;
@@ -218,19 +218,14 @@ impl ExecutionPlan for DistinctCountsExec {
         else {
             return self.counting.execute(partition, context);
         };
-        let mut input = input.execute(partition, context)?;
+        let input = input.execute(partition, context)?;
         let schema = self.schema();
         let keys = self.keys.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let output_schema = Arc::clone(&schema);
         let output = stream::once(async move {
-            let mut gathered = GatheredCodes::new(&key_schema)?;
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                gathered.add(&batch, &keys, &reservation)?;
-                timer.done();
-            }
+            let gathered =
+                GatheredCodes::read(input, &key_schema, &keys, &reservation, &baseline).await?;
             let timer = baseline.elapsed_compute().timer();
             let (mut columns, counts) = gathered.count_by_others(&reservation)?;
             let rows = counts.len();

@@ -226,19 +226,14 @@ impl ExecutionPlan for DistinctKeysExec {
             return self.grouping.execute(partition, context);
         };
         let batch_size = context.session_config().batch_size();
-        let mut input = self.grouping.input().execute(partition, context)?;
+        let input = self.grouping.input().execute(partition, context)?;
         let schema = self.schema();
         let keys = self.keys.clone();
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let output_schema = Arc::clone(&schema);
         let output = stream::once(async move {
-            let mut gathered = GatheredCodes::new(&output_schema)?;
-            while let Some(batch) = input.next().await {
-                let batch = batch?;
-                let timer = baseline.elapsed_compute().timer();
-                gathered.add(&batch, &keys, &reservation)?;
-                timer.done();
-            }
+            let gathered =
+                GatheredCodes::read(input, &output_schema, &keys, &reservation, &baseline).await?;
             let batches = DistinctKeyBatches::new(
                 gathered,
                 output_schema,
@@ -282,7 +277,7 @@ pub(crate) struct GatheredCodes {
 
 impl GatheredCodes {
     /// For keys of `schema` (the grouping's output: its key columns).
-    pub(crate) fn new(schema: &SchemaRef) -> Result<Self> {
+    fn new(schema: &SchemaRef) -> Result<Self> {
         Ok(Self {
             coder: KeyCoder::new(schema)?,
             buckets: vec![Vec::new(); CODE_BUCKETS],
@@ -291,9 +286,29 @@ impl GatheredCodes {
         })
     }
 
+    /// The codes of the keys of every batch of `input` (whose keys, as
+    /// `schema` gives them, `keys` evaluate), counted in `reservation`,
+    /// the time spent as `baseline`'s compute time.
+    pub(crate) async fn read(
+        mut input: SendableRecordBatchStream,
+        schema: &SchemaRef,
+        keys: &[Arc<dyn PhysicalExpr>],
+        reservation: &MemoryReservation,
+        baseline: &BaselineMetrics,
+    ) -> Result<Self> {
+        let mut gathered = Self::new(schema)?;
+        while let Some(batch) = input.next().await {
+            let batch = batch?;
+            let timer = baseline.elapsed_compute().timer();
+            gathered.add(&batch, keys, reservation)?;
+            timer.done();
+        }
+        Ok(gathered)
+    }
+
     /// Codes the keys of `batch`, adds them to their buckets and counts
     /// what is held in `reservation`.
-    pub(crate) fn add(
+    fn add(
         &mut self,
         batch: &RecordBatch,
         keys: &[Arc<dyn PhysicalExpr>],
