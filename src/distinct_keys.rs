@@ -583,7 +583,7 @@ impl KeyValues {
 
 /// A row's key as 24 bytes, whatever its strings: two keys are equal
 /// exactly when their codes are.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct KeyCode {
     /// The group number of the key's other columns (0 when there are none).
     others: u32,
