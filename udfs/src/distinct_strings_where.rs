@@ -3,7 +3,8 @@
 //! none). The `urls` column of spec §2 is this over pageview/screen URLs.
 //! DataFusion's `array_agg(DISTINCT …) FILTER (…)` keeps a hash set of
 //! `ScalarValue`s per group; this keeps the strings' bytes in one arena per
-//! aggregate (`dedup_groups`), deduplicated when the lists are built.
+//! aggregate, each distinct string once (`dedup_groups`), deduplicated when
+//! the lists are built.
 
 use std::sync::{Arc, LazyLock};
 
@@ -18,7 +19,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::args::{SESSIONQL_DOC_SECTION, documented_signature};
-use crate::dedup_groups::{StringLog, Taken};
+use crate::dedup_groups::{InternedStrings, Taken};
 use crate::distinct_where::{
     DistinctGroups, DistinctKind, SingleDistinct, coerce_value_and_condition,
     for_each_qualifying_row,
@@ -118,7 +119,7 @@ impl AggregateUDFImpl for DistinctStringsWhere {
 #[derive(Debug)]
 struct Strings;
 
-fn strings_to_list(groups: Taken<StringLog>) -> Result<ListArray> {
+fn strings_to_list(groups: Taken<InternedStrings>) -> Result<ListArray> {
     let mut bytes = Vec::new();
     let mut ends = Vec::with_capacity(groups.num_values() + 1);
     ends.push(0i32);
@@ -148,7 +149,7 @@ fn strings_to_list(groups: Taken<StringLog>) -> Result<ListArray> {
 }
 
 impl DistinctKind for Strings {
-    type Log = StringLog;
+    type Log = InternedStrings;
     const NAME: &'static str = NAME;
 
     fn for_each_kept(
@@ -168,11 +169,11 @@ impl DistinctKind for Strings {
         Ok(())
     }
 
-    fn to_state(groups: Taken<StringLog>) -> Result<ArrayRef> {
+    fn to_state(groups: Taken<InternedStrings>) -> Result<ArrayRef> {
         Ok(Arc::new(strings_to_list(groups)?))
     }
 
-    fn finish(groups: Taken<StringLog>) -> Result<ArrayRef> {
+    fn finish(groups: Taken<InternedStrings>) -> Result<ArrayRef> {
         Ok(Arc::new(strings_to_list(groups)?))
     }
 }
