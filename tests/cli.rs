@@ -623,6 +623,10 @@ fn sessions_benchmark_runs_every_query_on_every_engine() {
     let text = stdout(&output);
     assert!(!text.contains("failed"), "{text}");
     assert!(text.contains("agreement (sessions, total duration s, bounces):"));
+    assert!(
+        text.contains("the data files are read through before each process"),
+        "{text}"
+    );
     for query in 1..=7 {
         for engine in ["sessionql", "datafusion-sql"] {
             assert!(

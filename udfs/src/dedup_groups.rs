@@ -5,11 +5,11 @@
 //! Each kept value is appended to one log with its group index, so adding a
 //! value is two pushes onto contiguous vectors: no list per group, no heap
 //! allocation per string (each distinct string is stored once, values are
-//! its number). When groups are
-//! taken, a counting sort by group puts each group's values together, each
-//! group's few values are sorted and their repeats dropped. A value that
-//! repeats the one just added to the same group (a page reloaded, an event
-//! sent twice in a row) is not added at all.
+//! its number). When groups are taken, a counting sort by group puts each
+//! group's values together, each group's few values are sorted and their
+//! repeats dropped. A value that repeats the one just added to the same
+//! group (a page reloaded, an event sent twice in a row) is not added at
+//! all.
 
 use std::cmp::Ordering;
 use std::fmt::Debug;
@@ -20,7 +20,7 @@ use datafusion::common::{Result, exec_err};
 use datafusion::logical_expr::EmitTo;
 use hashbrown::{DefaultHashBuilder, HashTable, hash_table};
 
-/// How a log stores its values: 64-bit hashes inline, strings in one arena.
+/// How a log stores its values: 64-bit hashes inline, strings by number.
 pub trait LogValues: Default + Debug + Send + Sync + Sized {
     /// One value as it is added and compared.
     type Item<'a>: Ord + Copy;

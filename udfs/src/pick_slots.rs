@@ -2,8 +2,9 @@
 //! per group, kept in flat storage.
 //!
 //! A session table has one row per session and fourteen picks per row, so this
-//! state is most of the memory a `GROUP BY session_id` holds. Each group gets
-//! a fixed 24-byte slot (ordering key and where its text is), and the text of
+//! state is most of the memory a `GROUP BY session_id` holds. Each group with
+//! a pick gets a fixed 24-byte slot (ordering key and where its text is),
+//! found through a 4-byte index while few groups have one, and the text of
 //! the kept value and tiebreak lives in one chunked byte arena per accumulator: no
 //! allocation per group or per replacement, and about half the bytes of an
 //! owned `String` pair per group. A replaced pick reuses its arena bytes when
