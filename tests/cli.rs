@@ -638,6 +638,50 @@ fn sessions_benchmark_runs_every_query_on_every_engine() {
     }
 }
 
+/// `--queries` picks queries of the suite by number; others are not run,
+/// and a number outside the suite is refused by name.
+#[test]
+fn sessions_benchmark_runs_only_the_queries_asked_for() {
+    let data = tempfile::tempdir().unwrap();
+    let output = run(&[
+        "bench",
+        "--events",
+        "3000",
+        "--runs",
+        "1",
+        "--engines",
+        "sessionql",
+        "--queries",
+        "2,6",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = stdout(&output);
+    let ran: Vec<&str> = text
+        .lines()
+        .filter(|line| {
+            line.contains("sessionql") && line.chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|line| &line[..1])
+        .collect();
+    assert_eq!(ran, ["2", "6"], "{text}");
+
+    let refused = run(&[
+        "bench",
+        "--queries",
+        "9",
+        "--data",
+        data.path().to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--queries"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
 #[test]
 fn ingest_benchmark_runs_and_reports() {
     let data = tempfile::tempdir().unwrap();

@@ -273,6 +273,8 @@ pub struct SuiteOptions {
     pub runs: usize,
     /// Engines to compare.
     pub engines: Vec<BenchEngine>,
+    /// Numbers (1–7) of the queries to run; every query when empty.
+    pub queries: Vec<usize>,
 }
 
 /// Runs the whole comparison and prints it.
@@ -319,6 +321,9 @@ pub fn bench_sessions(options: &SuiteOptions) -> Result<()> {
         "query", "engine", "median s", "min-max s", "events/s", "peak MiB", "ratio"
     );
     for (index, name) in QUERY_NAMES.iter().enumerate() {
+        if !options.queries.is_empty() && !options.queries.contains(&(index + 1)) {
+            continue;
+        }
         let mut own_median = f64::NAN;
         for engine in &engines {
             let copy_target = options
