@@ -602,25 +602,39 @@ fn channel_type_benchmark_runs_and_reports() {
     );
 }
 
-/// The sessions suite runs every query on sessionql and on DataFusion's plain
-/// SQL (DuckDB is left out here: it needs its wheel), after the agreement
-/// check. Figures are printed, never asserted.
-#[test]
-fn sessions_benchmark_runs_every_query_on_every_engine() {
-    let data = tempfile::tempdir().unwrap();
-    let output = run(&[
+/// Output of the sessions suite on 3,000 events, one run per query, with
+/// `extra` arguments; the run must succeed.
+fn sessions_bench(data: &tempfile::TempDir, engines: &str, extra: &[&str]) -> String {
+    let mut args = vec![
         "bench",
         "--events",
         "3000",
         "--runs",
         "1",
         "--engines",
-        "sessionql,datafusion",
+        engines,
         "--data",
         data.path().to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let output = run(&args);
     assert!(output.status.success(), "{}", stderr(&output));
-    let text = stdout(&output);
+    stdout(&output)
+}
+
+/// Whether the suite's output has a line for `query` on `engine`.
+fn ran_query(text: &str, query: usize, engine: &str) -> bool {
+    text.lines()
+        .any(|line| line.starts_with(&format!("{query} ")) && line.contains(engine))
+}
+
+/// The sessions suite runs every query on sessionql and on DataFusion's plain
+/// SQL (DuckDB is left out here: it needs its wheel), after the agreement
+/// check. Figures are printed, never asserted.
+#[test]
+fn sessions_benchmark_runs_every_query_on_every_engine() {
+    let data = tempfile::tempdir().unwrap();
+    let text = sessions_bench(&data, "sessionql,datafusion", &[]);
     assert!(!text.contains("failed"), "{text}");
     assert!(text.contains("agreement (sessions, total duration s, bounces):"));
     assert!(
@@ -630,8 +644,7 @@ fn sessions_benchmark_runs_every_query_on_every_engine() {
     for query in 1..=7 {
         for engine in ["sessionql", "datafusion-sql"] {
             assert!(
-                text.lines()
-                    .any(|line| line.starts_with(&format!("{query} ")) && line.contains(engine)),
+                ran_query(&text, query, engine),
                 "query {query} on {engine}: {text}"
             );
         }
@@ -643,29 +656,11 @@ fn sessions_benchmark_runs_every_query_on_every_engine() {
 #[test]
 fn sessions_benchmark_runs_only_the_queries_asked_for() {
     let data = tempfile::tempdir().unwrap();
-    let output = run(&[
-        "bench",
-        "--events",
-        "3000",
-        "--runs",
-        "1",
-        "--engines",
-        "sessionql",
-        "--queries",
-        "2,6",
-        "--data",
-        data.path().to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let text = stdout(&output);
-    let ran: Vec<&str> = text
-        .lines()
-        .filter(|line| {
-            line.contains("sessionql") && line.chars().next().is_some_and(|c| c.is_ascii_digit())
-        })
-        .map(|line| &line[..1])
+    let text = sessions_bench(&data, "sessionql", &["--queries", "2,6"]);
+    let ran: Vec<usize> = (1..=7)
+        .filter(|&query| ran_query(&text, query, "sessionql"))
         .collect();
-    assert_eq!(ran, ["2", "6"], "{text}");
+    assert_eq!(ran, [2, 6], "{text}");
 
     let refused = run(&[
         "bench",
