@@ -192,8 +192,6 @@ struct GroupSlots {
     /// Per group, 0 when it has no slot yet, else 1 + its slot's position
     /// in `slots`; `None` once direct.
     index: Option<Vec<u32>>,
-    /// Number of groups.
-    len: usize,
 }
 
 impl Default for GroupSlots {
@@ -201,26 +199,26 @@ impl Default for GroupSlots {
         Self {
             slots: ChunkedSlots::default(),
             index: Some(Vec::new()),
-            len: 0,
         }
     }
 }
 
 impl GroupSlots {
+    /// Number of groups.
     fn len(&self) -> usize {
-        self.len
+        match &self.index {
+            Some(index) => index.len(),
+            None => self.slots.len(),
+        }
     }
 
     /// Grows to `len` groups, new ones empty (never shrinks).
     fn grow_to(&mut self, len: usize) {
-        if len <= self.len {
-            return;
-        }
         match &mut self.index {
-            Some(index) => index.resize(len, 0),
+            Some(index) if index.len() < len => index.resize(len, 0),
+            Some(_) => {}
             None => self.slots.grow_to(len),
         }
-        self.len = len;
     }
 
     /// The slot of `group` (empty when it has none); `None` past the end.
@@ -245,7 +243,7 @@ impl GroupSlots {
         }
         let filled = self.slots.len() + 1;
         match u32::try_from(filled) {
-            Ok(position) if filled * 2 <= self.len => {
+            Ok(position) if filled * 2 <= index.len() => {
                 index[group] = position;
                 self.slots.grow_to(filled);
                 self.slots.get_mut(filled - 1)
@@ -263,7 +261,7 @@ impl GroupSlots {
             return;
         };
         let mut direct = ChunkedSlots::default();
-        direct.grow_to(self.len);
+        direct.grow_to(index.len());
         for (slot, &position) in direct.iter_mut().zip(&index) {
             if position != 0
                 && let Some(filled) = self.slots.get(position as usize - 1)
@@ -301,12 +299,12 @@ impl GroupSlots {
 
     /// Removes the first `count` groups; later groups move down.
     fn remove_first(&mut self, count: usize) {
-        let count = count.min(self.len);
+        let count = count.min(self.len());
         match &self.index {
             None => self.slots.remove_first(count),
             Some(index) => {
                 let mut slots = ChunkedSlots::default();
-                let mut kept = Vec::with_capacity(self.len - count);
+                let mut kept = Vec::with_capacity(index.len() - count);
                 for &position in &index[count..] {
                     if position == 0 {
                         kept.push(0);
@@ -324,7 +322,6 @@ impl GroupSlots {
                 self.index = Some(kept);
             }
         }
-        self.len -= count;
     }
 
     fn capacity_bytes(&self) -> usize {
