@@ -42,7 +42,7 @@ use datafusion::physical_plan::{
 };
 use futures::{TryStreamExt, stream};
 
-use crate::distinct_keys::{DistinctKeysExec, GatheredCodes};
+use crate::distinct_keys::{DistinctKeysExec, GatheredCodes, Gathering};
 use crate::plan_rewrite::rewrite_bottom_up;
 use crate::whole_partition::unlimited_reservation;
 
@@ -224,8 +224,15 @@ impl ExecutionPlan for DistinctCountsExec {
         let baseline = BaselineMetrics::new(&self.metrics, partition);
         let output_schema = Arc::clone(&schema);
         let output = stream::once(async move {
-            let gathered =
-                GatheredCodes::read(input, &key_schema, &keys, &reservation, &baseline).await?;
+            let gathered = GatheredCodes::read(
+                input,
+                &key_schema,
+                &keys,
+                Gathering::WholeKeys,
+                &reservation,
+                &baseline,
+            )
+            .await?;
             let timer = baseline.elapsed_compute().timer();
             let (mut columns, counts) = gathered.count_by_others(&reservation)?;
             let rows = counts.len();

@@ -36,6 +36,7 @@ use crate::scan_filters::UncoalescedScanFilters;
 use crate::session_start_in_place::SessionStartInPlace;
 use crate::session_time_filter::SessionTimeFilter;
 use crate::session_views::register_session_views;
+use crate::unshuffled_distinct_counts::UnshuffledDistinctCounts;
 
 /// The sample data shipped in the repository, used when no events path is given.
 pub fn sample_events_path() -> PathBuf {
@@ -483,6 +484,7 @@ pub fn session_context(
             .with_physical_optimizer_rule(Arc::new(SortRuns))
             .with_physical_optimizer_rule(Arc::new(DistinctKeysByCode))
             .with_physical_optimizer_rule(Arc::new(DistinctCountsByCode))
+            .with_physical_optimizer_rule(Arc::new(UnshuffledDistinctCounts))
             .with_physical_optimizer_rule(Arc::new(UncoalescedScanFilters)),
     )?
     .build();

@@ -33,6 +33,7 @@ pub mod session_start_in_place;
 pub mod session_time_filter;
 pub mod session_views;
 pub mod shell;
+pub mod unshuffled_distinct_counts;
 pub mod whole_partition;
 
 pub use engine::{

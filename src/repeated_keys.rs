@@ -88,6 +88,13 @@ impl DropRepeatedKeysExec {
     }
 }
 
+impl DropRepeatedKeysExec {
+    /// The rows whose repeats are dropped.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+}
+
 impl DisplayAs for DropRepeatedKeysExec {
     fn fmt_as(&self, _format: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let keys: Vec<String> = self.keys.iter().map(|key| key.to_string()).collect();

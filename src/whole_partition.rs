@@ -25,8 +25,17 @@ pub fn unlimited_reservation(
     partition: usize,
 ) -> Option<MemoryReservation> {
     let memory_pool: &Arc<dyn MemoryPool> = &context.runtime_env().memory_pool;
-    matches!(memory_pool.memory_limit(), MemoryLimit::Infinite)
+    (!has_memory_limit(context))
         .then(|| MemoryConsumer::new(format!("{operator}[{partition}]")).register(memory_pool))
+}
+
+/// Whether the task's memory pool has a limit, under which an operator
+/// must not hold a whole partition.
+pub fn has_memory_limit(context: &TaskContext) -> bool {
+    !matches!(
+        context.runtime_env().memory_pool.memory_limit(),
+        MemoryLimit::Infinite
+    )
 }
 
 /// Every batch of `input` that has rows, each counted in `reservation`.
