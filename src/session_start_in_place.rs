@@ -306,7 +306,7 @@ fn with_session_starts(
     }
     let time_present = time_present.finish();
     let encoded = UserKeys::new(&user_columns)?;
-    let (mut rows_by_user, user_bounds) = rows_grouped_by_user(&encoded.keys(), total);
+    let (mut rows_by_user, user_bounds) = encoded.rows_grouped_by_user(total);
     // Each row's start, at the row's place; null timestamps keep 0 under a
     // null mask.
     let mut starts = vec![0_i64; total];
@@ -375,14 +375,21 @@ impl<'a> UserKeys<'a> {
         Ok(Self::Encoded(rows))
     }
 
-    /// Each row's key, in row order; `None` for a null string.
-    fn keys(&self) -> Vec<Option<&[u8]>> {
+    /// The rows grouped by user ([`rows_grouped_by_user`]), the keys read
+    /// in row order (`None` for a null string) as they are numbered, not
+    /// gathered first (16 bytes a row: 80 MB a partition of query 6 at
+    /// 50M events).
+    fn rows_grouped_by_user(&self, total: usize) -> (Vec<u32>, Vec<u32>) {
         match self {
-            Self::Strings(columns) => columns
-                .iter()
-                .flat_map(|column| column.iter().map(|user| user.map(str::as_bytes)))
-                .collect(),
-            Self::Encoded(rows) => rows.iter().map(|row| Some(row.data())).collect(),
+            Self::Strings(columns) => rows_grouped_by_user(
+                columns
+                    .iter()
+                    .flat_map(|column| column.iter().map(|user| user.map(str::as_bytes))),
+                total,
+            ),
+            Self::Encoded(rows) => {
+                rows_grouped_by_user(rows.iter().map(|row| Some(row.data())), total)
+            }
         }
     }
 }
@@ -391,15 +398,16 @@ impl<'a> UserKeys<'a> {
 /// user's group starts (with the total at the end): users are numbered in
 /// order of first appearance through a hash table, then the rows placed
 /// with a counting sort.
-fn rows_grouped_by_user(keys: &[Option<&[u8]>], total: usize) -> (Vec<u32>, Vec<u32>) {
+fn rows_grouped_by_user<'a>(
+    keys: impl Iterator<Item = Option<&'a [u8]>>,
+    total: usize,
+) -> (Vec<u32>, Vec<u32>) {
     let mut numbers: HashMap<Option<&[u8]>, u32> = HashMap::new();
-    let user_of_row: Vec<u32> = keys
-        .iter()
-        .map(|key| {
-            let next = numbers.len() as u32;
-            *numbers.entry(*key).or_insert(next)
-        })
-        .collect();
+    let mut user_of_row: Vec<u32> = Vec::with_capacity(total);
+    user_of_row.extend(keys.map(|key| {
+        let next = numbers.len() as u32;
+        *numbers.entry(key).or_insert(next)
+    }));
     let users = numbers.len();
     drop(numbers);
     let mut bounds = vec![0_u32; users + 1];
