@@ -16,7 +16,9 @@
 //! `count` of the last key (no `DISTINCT`, `FILTER` or order of its own),
 //! grouped by the other keys in their order, over a [`DistinctKeysExec`].
 //! Under a memory limit the operator runs the two it replaced, which spill.
-//! It is a local engine rule, like the distinct keys'.
+//! It is a local engine rule, like the distinct keys'. Over a shuffle of
+//! the pairs, `unshuffled_distinct_counts` then replaces it (with the
+//! shuffle and what feeds it) by counting where the rows are read.
 
 use std::fmt;
 use std::sync::Arc;

@@ -21,9 +21,11 @@
 //! it drops little and passes batches through untouched.
 //!
 //! The rule places it below the first phase of each grouping without
-//! aggregates and without a limit (which ends the grouping early). It is a
-//! local engine rule: a Ballista cluster plans with its own rules, and this
-//! operator has no wire form.
+//! aggregates and without a limit (which ends the grouping early). Where
+//! such a grouping only feeds a distinct count over a shuffle (query 6),
+//! `unshuffled_distinct_counts` later takes its place, dropping repeats of
+//! the keys' codes as it reads them. It is a local engine rule: a Ballista
+//! cluster plans with its own rules, and this operator has no wire form.
 
 use std::fmt;
 use std::sync::Arc;
