@@ -436,6 +436,8 @@ impl PhysicalOptimizerRule for UnshuffledDistinctCounts {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use datafusion::arrow::array::StringArray;
+    use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::arrow::util::pretty::pretty_format_batches;
     use datafusion::datasource::MemTable;
     use datafusion::execution::SessionStateBuilder;
@@ -449,6 +451,7 @@ mod tests {
     use crate::distinct_keys::DistinctKeysByCode;
     use crate::distinct_keys::tests::{mixed_keys, plan_and_rows};
     use crate::repeated_keys::DropRepeatedKeys;
+    use sessionql_udfs::session_uuid::uuid_text;
 
     /// A session over `partitions` as table `t`: DataFusion's own, or with
     /// the repeat dropper's, distinct keys', distinct counts' and this
@@ -567,6 +570,52 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(all_rows(&unshuffled, &context).await, first);
         }
+    }
+
+    #[tokio::test]
+    async fn keys_repeated_in_runs_are_dropped_as_they_are_read() {
+        // Two partitions of 3,000 rows: 1,000 session ids (UUIDs), each on
+        // three rows in a row, all of event "e"; the second partition has
+        // the same ids again, so each is counted once across partitions.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("page", DataType::Utf8, false),
+            Field::new("id", DataType::Utf8, false),
+        ]));
+        let ids: Vec<String> = (0..3000_u128)
+            .map(|row| uuid_text((row / 3) * 0x9e37_79b9_7f4a_7c15))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["e"; 3000])),
+                Arc::new(StringArray::from(ids)),
+            ],
+        )
+        .unwrap();
+        // Batches of 500 rows: runs cross batch boundaries too.
+        let batches: Vec<RecordBatch> = (0..6).map(|part| batch.slice(part * 500, 500)).collect();
+        let context = context(&[batches.clone(), batches], true, false);
+        let plan = context
+            .sql("SELECT page, count(DISTINCT id) AS ids FROM t GROUP BY 1")
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let batches = collect(Arc::clone(&plan), context.task_ctx())
+            .await
+            .unwrap();
+        let rows = pretty_format_batches(&batches).unwrap().to_string();
+        assert!(rows.contains("| e    | 1000 |"), "{rows}");
+        let unshuffled = find(&plan, "UnshuffledDistinctCountsExec").unwrap();
+        let dropped = unshuffled
+            .metrics()
+            .unwrap()
+            .sum_by_name("dropped_rows")
+            .unwrap()
+            .as_usize();
+        // The second and third row of every run, in both partitions.
+        assert_eq!(dropped, 2 * 2000);
     }
 
     #[tokio::test]
