@@ -285,63 +285,49 @@ impl PhysicalOptimizerRule for DistinctCountsByCode {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use datafusion::datasource::MemTable;
-    use datafusion::execution::SessionStateBuilder;
-    use datafusion::execution::memory_pool::FairSpillPool;
-    use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-    use datafusion::prelude::{SessionConfig, SessionContext};
+    use datafusion::prelude::SessionContext;
 
     use super::*;
     use crate::distinct_keys::DistinctKeysByCode;
-    use crate::distinct_keys::tests::{mixed_keys, plan_and_rows};
+    use crate::distinct_keys::tests::{mixed_keys, plan_and_rows, session_with_rules};
 
     /// A session over `partitions` as table `t`: DataFusion's own, or with
     /// the distinct keys' and counts' rules, with or without a memory limit.
     fn context(partitions: &[Vec<RecordBatch>], with_rules: bool, limited: bool) -> SessionContext {
-        let mut runtime = RuntimeEnvBuilder::new();
-        if limited {
-            runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(64 * 1024 * 1024)));
-        }
-        let mut state = SessionStateBuilder::new()
-            .with_config(SessionConfig::new().with_target_partitions(2))
-            .with_runtime_env(runtime.build_arc().unwrap())
-            .with_default_features();
-        if with_rules {
-            state = state
-                .with_physical_optimizer_rule(Arc::new(DistinctKeysByCode))
-                .with_physical_optimizer_rule(Arc::new(DistinctCountsByCode));
-        }
-        let context = SessionContext::new_with_state(state.build());
-        let schema = partitions[0][0].schema();
-        let table = MemTable::try_new(schema, partitions.to_vec()).unwrap();
-        context.register_table("t", Arc::new(table)).unwrap();
-        context
+        let rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = if with_rules {
+            vec![Arc::new(DistinctKeysByCode), Arc::new(DistinctCountsByCode)]
+        } else {
+            Vec::new()
+        };
+        session_with_rules(partitions, rules, limited)
     }
+
+    /// Distinct counts of every shape the operators code: other keys as
+    /// strings, as several columns, as views (short names, long ones and
+    /// nulls), and none at all; groups whose ids are all null (counted 0);
+    /// no rows (no groups, or one count of 0).
+    pub(crate) const DISTINCT_COUNT_QUERIES: [&str; 8] = [
+        "SELECT page, count(DISTINCT id) AS ids FROM t GROUP BY page ORDER BY page NULLS LAST",
+        "SELECT n, page, count(DISTINCT id) FROM t GROUP BY 1, 2 ORDER BY 1, 2 NULLS LAST",
+        "SELECT arrow_cast(page, 'Utf8View') AS page, count(DISTINCT id) FROM t \
+         GROUP BY 1 ORDER BY 1 NULLS LAST",
+        "SELECT page, count(DISTINCT id) \
+         FROM (SELECT page, arrow_cast(id, 'Utf8View') AS id FROM t) \
+         GROUP BY 1 ORDER BY 1 NULLS LAST",
+        "SELECT count(DISTINCT id) FROM t",
+        "SELECT page, count(DISTINCT CASE WHEN n = 0 THEN id END) FROM t \
+         GROUP BY 1 ORDER BY 1 NULLS LAST",
+        "SELECT page, count(DISTINCT id) FROM t WHERE n > 100 GROUP BY 1",
+        "SELECT count(DISTINCT id) FROM t WHERE n > 100",
+    ];
 
     #[tokio::test]
     async fn distinct_counts_are_datafusions_with_or_without_a_memory_limit() {
         let partitions = mixed_keys(11);
-        for sql in [
-            // Other keys as strings, as several columns, as views (short
-            // names, long ones and nulls), and none at all.
-            "SELECT page, count(DISTINCT id) AS ids FROM t GROUP BY page ORDER BY page NULLS LAST",
-            "SELECT n, page, count(DISTINCT id) FROM t GROUP BY 1, 2 ORDER BY 1, 2 NULLS LAST",
-            "SELECT arrow_cast(page, 'Utf8View') AS page, count(DISTINCT id) FROM t \
-             GROUP BY 1 ORDER BY 1 NULLS LAST",
-            "SELECT page, count(DISTINCT id) \
-             FROM (SELECT page, arrow_cast(id, 'Utf8View') AS id FROM t) \
-             GROUP BY 1 ORDER BY 1 NULLS LAST",
-            "SELECT count(DISTINCT id) FROM t",
-            // Groups whose ids are all null count 0.
-            "SELECT page, count(DISTINCT CASE WHEN n = 0 THEN id END) FROM t \
-             GROUP BY 1 ORDER BY 1 NULLS LAST",
-            // No rows: no groups, or one count of 0.
-            "SELECT page, count(DISTINCT id) FROM t WHERE n > 100 GROUP BY 1",
-            "SELECT count(DISTINCT id) FROM t WHERE n > 100",
-        ] {
+        for sql in DISTINCT_COUNT_QUERIES {
             let (_, expected) = plan_and_rows(&context(&partitions, false, false), sql).await;
             let (plan, rows) = plan_and_rows(&context(&partitions, true, false), sql).await;
             assert!(plan.contains("DistinctCountsExec"), "{sql}\n{plan}");

@@ -1557,9 +1557,15 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A session over `partitions` as table `t`: DataFusion's own, or with
-    /// the rule, with or without a memory limit.
-    fn context(partitions: &[Vec<RecordBatch>], with_rule: bool, limited: bool) -> SessionContext {
+    /// A session of two target partitions over `partitions` as table `t`,
+    /// with `rules` after DataFusion's own physical optimizer rules, under
+    /// a 64 MiB memory limit when `limited`: what the tests of sessionql's
+    /// distinct-key operators compare DataFusion's own rows against.
+    pub(crate) fn session_with_rules(
+        partitions: &[Vec<RecordBatch>],
+        rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>>,
+        limited: bool,
+    ) -> SessionContext {
         let mut runtime = RuntimeEnvBuilder::new();
         if limited {
             runtime = runtime.with_memory_pool(Arc::new(FairSpillPool::new(64 * 1024 * 1024)));
@@ -1568,14 +1574,25 @@ pub(crate) mod tests {
             .with_config(SessionConfig::new().with_target_partitions(2))
             .with_runtime_env(runtime.build_arc().unwrap())
             .with_default_features();
-        if with_rule {
-            state = state.with_physical_optimizer_rule(Arc::new(DistinctKeysByCode));
+        for rule in rules {
+            state = state.with_physical_optimizer_rule(rule);
         }
         let context = SessionContext::new_with_state(state.build());
         let schema = partitions[0][0].schema();
         let table = MemTable::try_new(schema, partitions.to_vec()).unwrap();
         context.register_table("t", Arc::new(table)).unwrap();
         context
+    }
+
+    /// A session over `partitions` as table `t`: DataFusion's own, or with
+    /// the rule, with or without a memory limit.
+    fn context(partitions: &[Vec<RecordBatch>], with_rule: bool, limited: bool) -> SessionContext {
+        let rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = if with_rule {
+            vec![Arc::new(DistinctKeysByCode)]
+        } else {
+            Vec::new()
+        };
+        session_with_rules(partitions, rules, limited)
     }
 
     pub(crate) async fn plan_and_rows(context: &SessionContext, sql: &str) -> (String, String) {
